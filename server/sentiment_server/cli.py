@@ -1,0 +1,157 @@
+"""`sentiment-server`: export | triton | serve | up."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .logging_setup import configure_logging
+from .settings import (
+    ExportSettings,
+    ModelSettings,
+    ServeSettings,
+    TritonSettings,
+    UpSettings,
+    add_arguments,
+    pick,
+    settings_from,
+)
+
+log = logging.getLogger("sentiment_server")
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve(settings: ServeSettings, startup_timeout_s: float = 120.0) -> None:
+    from .grpc_server import create_server
+
+    front = await create_server(settings, startup_timeout_s)
+    print(f"sentiment-server: serving on {settings.host}:{front.port}", flush=True)
+    await _wait_for_signal()
+    log.info("signal received: draining for up to %.1fs", settings.grace_s)
+    await front.stop(settings.grace_s)
+
+
+def _export(settings: ExportSettings, *, demo: bool = False, source: str | None = None) -> None:
+    from .export import export_model
+
+    export_model(
+        source or settings.checkpoint,
+        settings.model_repository,
+        model_name=settings.model_name,
+        backend=settings.backend,
+        dtype=settings.dtype,
+        max_batch_size=settings.max_batch_size,
+        instance_count=settings.instance_count,
+        device=settings.device,
+        torch_threads=settings.torch_threads,
+        force=settings.force,
+        demo=demo,
+    )
+
+
+def _export_or_demo(settings: UpSettings) -> None:
+    """Export the checkpoint; without the Hub (and no local checkpoint) fall back to a demo model."""
+    from .model_artifact import has_model
+
+    if has_model(settings.model_repository, settings.model_name):
+        return
+    try:
+        _export(settings)
+        return
+    except Exception as exc:
+        if Path(settings.checkpoint).exists() or not settings.offline_demo:
+            raise
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    log.warning(
+        "cannot load %r from the Hugging Face Hub (%s); serving a DEMO model with random weights "
+        "(its labels mean nothing). Pass --checkpoint DIR to serve a real local checkpoint.",
+        settings.checkpoint, reason,
+    )
+    from .checkpoints import build_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="sentiment-demo-") as tmp:
+        checkpoint = build_tiny_checkpoint(Path(tmp) / "demo-checkpoint", demo=True)
+        _export(settings, demo=True, source=str(checkpoint))
+
+
+async def _up(settings: UpSettings) -> None:
+    from .triton_process import EmbeddedTriton
+
+    _export_or_demo(settings)
+    with EmbeddedTriton(
+        settings.model_repository,
+        host=settings.triton_host,
+        grpc_port=settings.triton_port,
+        metrics_port=settings.triton_metrics_port,
+    ) as triton:
+        triton.wait_ready(settings.model_name, timeout_s=settings.triton_ready_timeout_s)
+        serve = pick(ServeSettings, settings)
+        serve = ServeSettings(**{**serve.__dict__, "triton_url": triton.grpc_url})
+        await _serve(serve)
+
+
+async def _triton(settings: TritonSettings) -> None:
+    from .triton_process import EmbeddedTriton
+
+    with EmbeddedTriton(
+        settings.model_repository,
+        host=settings.triton_host,
+        grpc_port=settings.triton_port,
+        metrics_port=settings.triton_metrics_port,
+    ) as triton:
+        triton.wait_ready(settings.model_name, timeout_s=settings.triton_ready_timeout_s)
+        print(f"sentiment-server: Triton ready at {triton.grpc_url}", flush=True)
+        await _wait_for_signal()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentiment-server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, cls, help_text in (
+        ("export", ExportSettings, "export a Hugging Face checkpoint to a Triton model repository"),
+        ("triton", TritonSettings, "run the embedded Triton (tritonserver from the nvidia-pytriton wheel)"),
+        ("serve", ServeSettings, "run the gRPC front-end against a running Triton"),
+        ("up", UpSettings, "export if needed, start the embedded Triton and the front-end"),
+    ):
+        add_arguments(commands.add_parser(name, help=help_text, description=help_text), cls)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands: dict[str, type[ModelSettings]] = {"export": ExportSettings, "triton": TritonSettings, "serve": ServeSettings, "up": UpSettings}
+    settings = settings_from(commands[args.command], args)
+    configure_logging(getattr(settings, "log_level", "INFO"), getattr(settings, "log_format", "text"))
+    try:
+        if isinstance(settings, UpSettings):
+            asyncio.run(_up(settings))
+        elif isinstance(settings, ServeSettings):
+            asyncio.run(_serve(settings))
+        elif isinstance(settings, TritonSettings):
+            asyncio.run(_triton(settings))
+        elif isinstance(settings, ExportSettings):
+            _export(settings)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line for the operator; details with --log-level DEBUG
+        log.debug("fatal", exc_info=True)
+        print(f"sentiment-server: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The front-end's gRPC server: build it from settings, start it, drain it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
+
+from .admission import Admission
+from .auth import ApiKeyInterceptor
+from .batching import Coalescer
+from .errors import ModelMismatch
+from .health import SERVICE_NAME, HealthWatcher
+from .metrics import Metrics
+from .model_artifact import TOKENIZER_FILE, ModelInfo, read_model_info, version_dir
+from .pipeline import ClassificationPipeline, Limits
+from .servicer import DeadlinePolicy, SentimentServicer
+from .settings import ServeSettings
+from .tokenization import TextTokenizer
+from .triton_client import TritonEndpoint, TritonPool, TritonTLS
+
+log = logging.getLogger(__name__)
+
+
+def _server_credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert:
+        return None
+    key = Path(settings.tls_key).read_bytes()
+    cert = Path(settings.tls_cert).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def triton_pool(settings: ServeSettings, tls: TritonTLS | None = None) -> TritonPool:
+    urls = [u.strip() for u in settings.triton_url.split(",") if u.strip()]
+    return TritonPool([TritonEndpoint(url, settings.model_name, tls=tls) for url in urls])
+
+
+async def wait_for_triton(pool: TritonPool, info: ModelInfo, timeout_s: float) -> None:
+    """Wait until some endpoint has the model ready, then check it matches the tokenizer and labels."""
+    until = time.monotonic() + timeout_s
+    while not await pool.refresh(timeout_s=1.0):
+        if time.monotonic() > until:
+            urls = ", ".join(e.url for e in pool.endpoints)
+            raise ModelMismatch(f"Triton at {urls} has no ready model {info.model_name!r} after {timeout_s:.0f}s")
+        await asyncio.sleep(0.2)
+    await pool.check_model(info)
+
+
+@dataclass
+class FrontEnd:
+    """A running front-end: its server, port and the parts tests and `up` need to reach."""
+
+    server: grpc.aio.Server
+    port: int
+    servicer: SentimentServicer
+    health: HealthWatcher
+    coalescer: Coalescer
+    pool: TritonPool
+    metrics: Metrics
+
+    async def stop(self, grace_s: float) -> None:
+        """NOT_SERVING first, refuse new calls, let calls in flight finish within the grace period."""
+        await self.health.shutdown()
+        self.servicer.accepting = False
+        await self.server.stop(grace_s)
+        await self.coalescer.stop()
+        await self.pool.close()
+
+
+async def create_server(settings: ServeSettings, startup_timeout_s: float = 120.0) -> FrontEnd:
+    """Build and start the front-end; `settings.port` 0 binds any free port."""
+    info = read_model_info(settings.model_repository, settings.model_name)
+    tokenizer = TextTokenizer(
+        version_dir(settings.model_repository, settings.model_name, info.version) / TOKENIZER_FILE,
+        info.max_length,
+        info.pad_token_id,
+    )
+    pool = triton_pool(settings)
+    await wait_for_triton(pool, info, startup_timeout_s)
+    metrics = Metrics()
+    coalescer = Coalescer(
+        pool.infer,
+        pad_token_id=info.pad_token_id,
+        max_batch_texts=settings.max_batch_texts,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        max_concurrent_batches=settings.max_concurrent_batches * len(pool.endpoints),
+        on_batch=metrics.observe_batch,
+    )
+    coalescer.start()
+    pipeline = ClassificationPipeline(
+        info, tokenizer, coalescer, Limits(settings.max_texts_per_request, settings.max_chars_per_text)
+    )
+    servicer = SentimentServicer(
+        pipeline,
+        Admission(settings.max_inflight_requests, settings.max_inflight_texts),
+        DeadlinePolicy(cap_s=settings.triton_timeout_s, margin_s=settings.deadline_margin_ms / 1000.0),
+        metrics,
+    )
+    health = HealthWatcher(pool, settings.health_poll_s)
+    interceptors = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ],
+    )
+    pb_grpc.add_SentimentServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+    address = f"{settings.host}:{settings.port}"
+    credentials = _server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if settings.metrics_port >= 0:
+        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    await health.start()
+    await server.start()
+    log.info(
+        "serving %s (%s, %s, %d labels%s) on %s:%d via Triton %s",
+        info.model_name, info.source, info.dtype, len(info.labels), ", DEMO MODEL: random weights" if info.demo else "",
+        settings.host, port, settings.triton_url,
+    )
+    return FrontEnd(server, port, servicer, health, coalescer, pool, metrics)

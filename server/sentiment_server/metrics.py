@@ -1,0 +1,41 @@
+"""Prometheus metrics of the front-end (one registry per server instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .batching import BatchStats
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("sentiment_requests", "RPCs by method and status code", ["method", "code"], registry=r)
+        self.texts = Counter("sentiment_texts", "texts classified", registry=r)
+        self.latency = Histogram(
+            "sentiment_request_seconds", "RPC latency by method", ["method"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.stage = Histogram(
+            "sentiment_stage_seconds", "time per stage (tokenize, queue, triton, total)", ["stage"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_texts = Histogram(
+            "sentiment_batch_texts", "texts per Triton batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r
+        )
+        self.padding = Histogram(
+            "sentiment_batch_padding_fraction", "padded share of each Triton batch",
+            buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), registry=r,
+        )
+        self.in_flight = Gauge("sentiment_requests_in_flight", "admitted RPCs in flight", registry=r)
+        self.triton_errors = Counter("sentiment_triton_errors", "failed Triton calls by kind", ["kind"], registry=r)
+        self.padded_tokens = Counter("sentiment_padded_tokens", "tokens sent to Triton, padding included", registry=r)
+        self.real_tokens = Counter("sentiment_real_tokens", "tokens sent to Triton, padding excluded", registry=r)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.batch_texts.observe(stats.texts)
+        self.padding.observe(stats.padding_fraction)
+        self.padded_tokens.inc(stats.padded_tokens)
+        self.real_tokens.inc(stats.real_tokens)

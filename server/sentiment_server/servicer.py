@@ -1,0 +1,247 @@
+"""proto <-> domain only: requests in, pipeline called, typed responses out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from sentiment.v1 import sentiment_pb2 as pb
+from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
+
+from .admission import Admission
+from .errors import DeadlineExceeded, InvalidInput, ShuttingDown, TritonFailure, to_status
+from .metrics import Metrics
+from .model_artifact import MULTI_LABEL
+from .pipeline import ClassificationPipeline, ClassifyOptions, ClassifyOutput, Truncation
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_STREAM_WINDOW = 64  # stream messages processed concurrently; responses still leave in order
+
+_TRUNCATION = {
+    pb.TRUNCATION_STRATEGY_UNSPECIFIED: Truncation.TRUNCATE,
+    pb.TRUNCATION_STRATEGY_TRUNCATE: Truncation.TRUNCATE,
+    pb.TRUNCATION_STRATEGY_REJECT: Truncation.REJECT,
+}
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(frozen=True)
+class DeadlinePolicy:
+    cap_s: float  # longest any Triton call may take
+    margin_s: float  # kept back from the caller's deadline to send the reply
+
+    def deadline(self, context: Context) -> float:
+        budget = self.cap_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, remaining - self.margin_s)
+        if budget <= 0:
+            raise DeadlineExceeded("deadline too short to classify")
+        return time.monotonic() + budget
+
+
+def request_id(context: Context) -> str:
+    """The caller's x-request-id when it is safe to log, else a fresh one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def _truncation(options: pb.TruncationOptions) -> Truncation:
+    try:
+        return _TRUNCATION[options.strategy]
+    except KeyError:
+        raise InvalidInput(f"unknown truncation strategy {options.strategy}") from None
+
+
+def _classify_response(output: ClassifyOutput, rid: str, model_name: str, model_version: str) -> pb.ClassifyResponse:
+    t = output.timings
+    return pb.ClassifyResponse(
+        results=[
+            pb.Classification(
+                label=r.labels[0].label,
+                score=r.labels[0].score,
+                scores=[pb.LabelScore(label=x.label, score=x.score, label_id=x.label_id) for x in r.labels],
+                logits=r.logits,
+                num_tokens=r.num_tokens,
+                truncated=r.truncated,
+            )
+            for r in output.results
+        ],
+        model_name=model_name,
+        model_version=model_version,
+        request_id=rid,
+        timings=pb.Timings(
+            tokenize_us=int(t.tokenize_s * 1e6),
+            queue_us=int(t.queue_s * 1e6),
+            inference_us=int(t.inference_s * 1e6),
+            total_us=int(t.total_s * 1e6),
+        ),
+    )
+
+
+class SentimentServicer(pb_grpc.SentimentServiceServicer):
+    def __init__(
+        self, pipeline: ClassificationPipeline, admission: Admission, deadlines: DeadlinePolicy, metrics: Metrics
+    ) -> None:
+        self.pipeline = pipeline
+        self.admission = admission
+        self.deadlines = deadlines
+        self.metrics = metrics
+        self.accepting = True
+        info = pipeline.info
+        self._model_name = info.model_name
+        self._model_version = info.version
+
+    async def _handle(
+        self, method: str, context: Context, texts: int, work: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """Request id, admission, metrics and the error table around one call."""
+        rid = request_id(context)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+        started = time.monotonic()
+        code = grpc.StatusCode.OK
+        try:
+            if not self.accepting:
+                raise ShuttingDown("server is shutting down")
+            with self.admission.admit(texts):
+                self.metrics.in_flight.inc()
+                try:
+                    return await work(rid)
+                finally:
+                    self.metrics.in_flight.dec()
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code, message = to_status(exc)
+            if isinstance(exc, TritonFailure) or code == grpc.StatusCode.INTERNAL:
+                log.error("request %s %s failed: %r", rid, method, exc, exc_info=not isinstance(exc, TritonFailure))
+            else:
+                log.info("request %s %s: %s %s", rid, method, code.name, message)
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+                self.metrics.triton_errors.labels(kind=type(exc).__name__).inc()
+            await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, rid),))
+            raise  # unreachable: abort raises
+        finally:
+            self.metrics.requests.labels(method=method, code=code.name).inc()
+            self.metrics.latency.labels(method=method).observe(time.monotonic() - started)
+
+    async def _classify(
+        self, request: pb.ClassifyRequest, context: Context, rid: str
+    ) -> pb.ClassifyResponse:
+        texts = list(request.texts)
+        options = ClassifyOptions(
+            top_k=request.top_k,
+            return_logits=request.return_logits,
+            max_length=request.truncation.max_length,
+            truncation=_truncation(request.truncation),
+        )
+        self.pipeline.validate_texts(texts)
+        output = await self.pipeline.classify(texts, options, self.deadlines.deadline(context))
+        t = output.timings
+        for stage, seconds in (("tokenize", t.tokenize_s), ("queue", t.queue_s), ("triton", t.inference_s),
+                               ("total", t.total_s)):
+            self.metrics.stage.labels(stage=stage).observe(seconds)
+        self.metrics.texts.inc(len(texts))
+        return _classify_response(output, rid, self._model_name, self._model_version)
+
+    async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
+        return await self._handle(
+            "Classify", context, len(request.texts), lambda rid: self._classify(request, context, rid)
+        )
+
+    async def ClassifyStream(
+        self, request_iterator: AsyncIterator[pb.ClassifyStreamRequest], context: Context
+    ) -> AsyncIterator[pb.ClassifyStreamResponse]:
+        """Messages are classified concurrently (a bounded window) and answered in order.
+
+        The first failing message ends the stream with its status; the responses
+        before it have been sent.
+        """
+        window: asyncio.Queue[asyncio.Task[pb.ClassifyStreamResponse] | None] = asyncio.Queue(_STREAM_WINDOW)
+
+        async def one(message: pb.ClassifyStreamRequest) -> pb.ClassifyStreamResponse:
+            response = await self._handle(
+                "ClassifyStream", context, len(message.request.texts),
+                lambda rid: self._classify(message.request, context, rid),
+            )
+            return pb.ClassifyStreamResponse(response=response, correlation_id=message.correlation_id)
+
+        async def read() -> None:
+            async for message in request_iterator:
+                await window.put(asyncio.ensure_future(one(message)))
+            await window.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await window.get()) is not None:
+                yield await task
+        finally:
+            reader.cancel()
+            while not window.empty():
+                pending = window.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
+        async def work(rid: str) -> pb.TokenizeResponse:
+            encoded = await self.pipeline.tokenize(
+                list(request.texts), request.truncation.max_length, _truncation(request.truncation)
+            )
+            length = max(len(e.ids) for e in encoded) if request.pad else 0
+            pad_id = self.pipeline.tokenizer.pad_token_id
+            results = []
+            for e in encoded:
+                ids = [int(i) for i in e.ids]
+                padding = max(0, length - len(ids))
+                results.append(
+                    pb.TokenizedText(
+                        input_ids=ids + [pad_id] * padding,
+                        attention_mask=[1] * len(ids) + [0] * padding,
+                        tokens=list(e.tokens),
+                        truncated=e.truncated,
+                    )
+                )
+            return pb.TokenizeResponse(results=results, request_id=rid)
+
+        return await self._handle("Tokenize", context, len(request.texts), work)
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: Context
+    ) -> pb.GetModelInfoResponse:
+        info = self.pipeline.info
+
+        async def work(rid: str) -> pb.GetModelInfoResponse:
+            return pb.GetModelInfoResponse(
+                model_name=info.model_name,
+                model_version=info.version,
+                source_checkpoint=info.source,
+                labels=info.labels,
+                max_sequence_length=info.max_length,
+                problem_type=(
+                    pb.PROBLEM_TYPE_MULTI_LABEL_CLASSIFICATION
+                    if info.problem_type == MULTI_LABEL
+                    else pb.PROBLEM_TYPE_SINGLE_LABEL_CLASSIFICATION
+                ),
+                backend=info.backend,
+                dtype=info.dtype,
+                demo=info.demo,
+            )
+
+        return await self._handle("GetModelInfo", context, 0, work)

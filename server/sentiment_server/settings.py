@@ -1,0 +1,162 @@
+"""One typed settings object per command, from flags and SENTIMENT_* variables.
+
+Every field is a flag (`--max-batch-texts`) and an environment variable
+(`SENTIMENT_MAX_BATCH_TEXTS`); a flag wins over the variable, the variable over
+the default. Nothing is read at import time: `parse_settings` runs once, at the
+entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ENV_PREFIX = "SENTIMENT_"
+DEFAULT_CHECKPOINT = "distilbert-base-uncased-finetuned-sst-2-english"
+
+T = TypeVar("T")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Where the exported model lives; shared by every command."""
+
+    model_repository: Path = _opt(Path("model_repository"), "Triton model repository directory")
+    model_name: str = _opt("sentiment", "Triton model name")
+
+
+@dataclass(frozen=True)
+class ExportSettings(ModelSettings):
+    checkpoint: str = _opt(DEFAULT_CHECKPOINT, "Hugging Face Hub id or local checkpoint directory")
+    backend: str = _opt("python", "Triton backend for model.pt", ("python", "pytorch"))
+    dtype: str = _opt("fp32", "weights dtype in Triton", ("fp32", "bf16", "fp16"))
+    device: str = _opt("cpu", "where Triton runs the model", ("cpu", "gpu"))
+    max_batch_size: int = _opt(64, "Triton max_batch_size")
+    instance_count: int = _opt(1, "Triton model instances")
+    torch_threads: int = _opt(0, "intra-op threads per instance (0 = torch default)")
+    force: bool = _opt(False, "overwrite a different model already in the repository")
+
+
+@dataclass(frozen=True)
+class TritonSettings(ModelSettings):
+    triton_host: str = _opt("127.0.0.1", "address the embedded Triton binds")
+    triton_port: int = _opt(8001, "gRPC port of the embedded Triton (0 = any free port)")
+    triton_metrics_port: int = _opt(0, "metrics port of the embedded Triton (0 = any free port)")
+    triton_ready_timeout_s: float = _opt(120.0, "seconds to wait for the model to become ready")
+
+
+@dataclass(frozen=True)
+class ServeSettings(ModelSettings):
+    host: str = _opt("127.0.0.1", "address the gRPC front-end binds")
+    port: int = _opt(50051, "gRPC port of the front-end (0 = any free port)")
+    triton_url: str = _opt("127.0.0.1:8001", "Triton gRPC endpoint(s), comma-separated")
+    # Coalescing: concurrent requests merge into one Triton batch.
+    max_batch_texts: int = _opt(64, "most texts in one Triton batch")
+    max_batch_tokens: int = _opt(8192, "most padded tokens in one Triton batch")
+    max_wait_ms: float = _opt(0.0, "longest a text waits for others to fill a batch")
+    max_concurrent_batches: int = _opt(2, "Triton batches in flight per endpoint")
+    # Admission and per-request limits, checked before tokenizing.
+    max_texts_per_request: int = _opt(256, "most texts in one request")
+    max_chars_per_text: int = _opt(20_000, "most characters in one text")
+    max_message_bytes: int = _opt(4 * 1024 * 1024, "largest request message")
+    max_inflight_requests: int = _opt(512, "requests admitted at once; more get RESOURCE_EXHAUSTED")
+    max_inflight_texts: int = _opt(8192, "texts admitted at once; more get RESOURCE_EXHAUSTED")
+    # Triton calls.
+    triton_timeout_s: float = _opt(30.0, "cap on one Triton call's deadline")
+    deadline_margin_ms: float = _opt(5.0, "time kept back from the caller's deadline for the reply")
+    health_poll_s: float = _opt(0.5, "how often Triton's model readiness is checked")
+    # Shutdown.
+    grace_s: float = _opt(10.0, "seconds calls in flight get to finish on SIGTERM")
+    # Security.
+    api_key: str = _opt("", "require this key in the x-api-key metadata (empty = off)")
+    tls_cert: str = _opt("", "PEM server certificate (enables TLS)")
+    tls_key: str = _opt("", "PEM server private key")
+    tls_client_ca: str = _opt("", "PEM CA bundle; when set, clients must present a certificate (mTLS)")
+    reflection: bool = _opt(True, "serve gRPC server reflection")
+    # Observability.
+    metrics_port: int = _opt(-1, "Prometheus /metrics port on the front-end host (-1 = off, 0 = any)")
+    log_format: str = _opt("text", "log format", ("text", "json"))
+    log_level: str = _opt("INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class UpSettings(ServeSettings, ExportSettings, TritonSettings):
+    """`up`: export when needed, embedded Triton, front-end."""
+
+    offline_demo: bool = _opt(True, "serve a locally built demo model when the checkpoint cannot be loaded")
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _convert(kind: type, text: str) -> Any:
+    if kind is bool:
+        return _parse_bool(text)
+    return kind(text)
+
+
+def _field_type(f: dataclasses.Field[Any]) -> type:
+    # Annotations are strings under `from __future__ import annotations`.
+    names = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+    return names[str(f.type)]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per settings field; defaults stay None so env vars can apply."""
+    for f in dataclasses.fields(cls):
+        kind = _field_type(f)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default {f.default}]"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(
+                flag, dest=f.name, default=None, type=kind, choices=f.metadata["choices"], help=help_text
+            )
+
+
+def settings_from(cls: type[T], args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> T:
+    """Build `cls` from parsed flags, then the environment, then the defaults."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            values[f.name] = flag_value
+            continue
+        text = env.get(env_name(f.name))
+        if text is None:
+            continue
+        try:
+            value = _convert(_field_type(f), text)
+        except ValueError as exc:
+            raise SystemExit(f"invalid {env_name(f.name)}={text!r}: {exc}") from None
+        choices = f.metadata["choices"]
+        if choices and value not in choices:
+            raise SystemExit(f"invalid {env_name(f.name)}={text!r}: choose from {', '.join(choices)}")
+        values[f.name] = value
+    return cls(**values)
+
+
+def pick(cls: type[T], source: Any) -> T:
+    """The fields of `cls` taken from a wider settings object (e.g. UpSettings -> ServeSettings)."""
+    return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
