@@ -1,0 +1,38 @@
+# Two commands on a fresh machine:  `make run`  (the service)  and  `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(abspath node_modules/.bin):$(PATH)
+
+.PHONY: run test lint typecheck proto bootstrap bench bench-quick soak clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+run: bootstrap  ## export (or demo), embedded Triton, front-end on 127.0.0.1:50051
+	$(BIN)/sentiment-server up
+
+lint: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	cd proto && buf lint
+
+typecheck: bootstrap
+	$(BIN)/mypy
+
+test: lint typecheck  ## everything CI runs
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+proto: bootstrap  ## regenerate the Python stubs after editing proto/
+	scripts/gen_proto.sh
+
+bench: bootstrap
+	$(BIN)/python bench/run.py
+
+bench-quick: bootstrap
+	$(BIN)/python bench/run.py --quick
+
+soak: bootstrap
+	$(BIN)/python bench/soak.py
+
+clean:
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache
