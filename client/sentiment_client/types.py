@@ -1,0 +1,121 @@
+"""Immutable results of the service's calls, converted from the protobuf messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sentiment.v1 import sentiment_pb2 as pb
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+    label_id: int
+
+    @classmethod
+    def from_proto(cls, msg: pb.LabelScore) -> LabelScore:
+        return cls(label=msg.label, score=msg.score, label_id=msg.label_id)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The best label and score of one text, then the top-k (or all) labels, best first."""
+
+    label: str
+    score: float
+    scores: tuple[LabelScore, ...]
+    logits: tuple[float, ...]
+    num_tokens: int
+    truncated: bool
+
+    @classmethod
+    def from_proto(cls, msg: pb.Classification) -> Classification:
+        return cls(
+            label=msg.label,
+            score=msg.score,
+            scores=tuple(LabelScore.from_proto(s) for s in msg.scores),
+            logits=tuple(msg.logits),
+            num_tokens=msg.num_tokens,
+            truncated=msg.truncated,
+        )
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Server-side timings of one call, in microseconds."""
+
+    tokenize_us: int
+    queue_us: int
+    inference_us: int
+    total_us: int
+
+    @classmethod
+    def from_proto(cls, msg: pb.Timings) -> Timings:
+        return cls(msg.tokenize_us, msg.queue_us, msg.inference_us, msg.total_us)
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """One Classify call: one `Classification` per text, in request order."""
+
+    results: tuple[Classification, ...]
+    model_name: str
+    model_version: str
+    request_id: str
+    timings: Timings
+
+    @classmethod
+    def from_proto(cls, msg: pb.ClassifyResponse) -> ClassifyResult:
+        return cls(
+            results=tuple(Classification.from_proto(c) for c in msg.results),
+            model_name=msg.model_name,
+            model_version=msg.model_version,
+            request_id=msg.request_id,
+            timings=Timings.from_proto(msg.timings),
+        )
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    input_ids: tuple[int, ...]
+    attention_mask: tuple[int, ...]
+    tokens: tuple[str, ...]
+    truncated: bool
+
+    @classmethod
+    def from_proto(cls, msg: pb.TokenizedText) -> TokenizedText:
+        return cls(tuple(msg.input_ids), tuple(msg.attention_mask), tuple(msg.tokens), msg.truncated)
+
+
+def problem_type_name(value: pb.ProblemType) -> str:
+    """`PROBLEM_TYPE_SINGLE_LABEL_CLASSIFICATION` -> `"single_label_classification"`."""
+    name: str = pb.ProblemType.Name(value)
+    return name.removeprefix("PROBLEM_TYPE_").lower()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_name: str
+    model_version: str
+    source_checkpoint: str
+    labels: tuple[str, ...]
+    max_sequence_length: int
+    problem_type: str  # "single_label_classification", "multi_label_classification" or "unspecified"
+    backend: str
+    dtype: str
+    demo: bool
+
+    @classmethod
+    def from_proto(cls, msg: pb.GetModelInfoResponse) -> ModelInfo:
+        return cls(
+            model_name=msg.model_name,
+            model_version=msg.model_version,
+            source_checkpoint=msg.source_checkpoint,
+            labels=tuple(msg.labels),
+            max_sequence_length=msg.max_sequence_length,
+            problem_type=problem_type_name(msg.problem_type),
+            backend=msg.backend,
+            dtype=msg.dtype,
+            demo=msg.demo,
+        )
