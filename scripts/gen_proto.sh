@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-client}"
 mkdir -p "$out/sentiment/v1"
-python -m grpc_tools.protoc -I proto \
+"${PYTHON:-python3}" -m grpc_tools.protoc -I proto \
   --python_out="$out" --grpc_python_out="$out" --pyi_out="$out" \
   proto/sentiment/v1/sentiment.proto
 touch "$out/sentiment/__init__.py" "$out/sentiment/v1/__init__.py"
