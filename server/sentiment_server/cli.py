@@ -62,22 +62,36 @@ def _export(settings: ExportSettings, *, demo: bool = False, source: str | None 
     )
 
 
+def _hub_unreachable(checkpoint: str) -> str | None:
+    """Why the Hub cannot serve `checkpoint` (None when it can, or when it is a local directory).
+
+    One quick metadata call instead of letting the download retry for a minute.
+    """
+    if Path(checkpoint).exists():
+        return None
+    from huggingface_hub import HfApi
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        HfApi().model_info(checkpoint, timeout=5)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}"
+    return None
+
+
 def _export_or_demo(settings: UpSettings) -> None:
     """Export the checkpoint; without the Hub (and no local checkpoint) fall back to a demo model."""
     from .model_artifact import has_model
 
     if has_model(settings.model_repository, settings.model_name):
         return
-    try:
+    reason = _hub_unreachable(settings.checkpoint) if settings.offline_demo else None
+    if reason is None:
         _export(settings)
         return
-    except Exception as exc:
-        if Path(settings.checkpoint).exists() or not settings.offline_demo:
-            raise
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
     log.warning(
-        "cannot load %r from the Hugging Face Hub (%s); serving a DEMO model with random weights "
-        "(its labels mean nothing). Pass --checkpoint DIR to serve a real local checkpoint.",
+        "cannot reach the Hugging Face Hub for %r (%s): serving a DEMO model with random weights, "
+        "its labels mean nothing; pass --checkpoint DIR to serve a local checkpoint",
         settings.checkpoint, reason,
     )
     from .checkpoints import build_tiny_checkpoint

@@ -92,7 +92,8 @@ class ServeSettings(ModelSettings):
 class UpSettings(ServeSettings, ExportSettings, TritonSettings):
     """`up`: export when needed, embedded Triton, front-end."""
 
-    offline_demo: bool = _opt(True, "serve a locally built demo model when the checkpoint cannot be loaded")
+    triton_port: int = _opt(0, "gRPC port of the embedded Triton (0 = any free port)")
+    offline_demo: bool = _opt(True, "serve a locally built demo model when the Hub cannot be reached")
 
 
 def env_name(field_name: str) -> str:
