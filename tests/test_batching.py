@@ -111,3 +111,25 @@ async def test_stop_fails_queued_work_instead_of_dropping_it():
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(not isinstance(r, asyncio.CancelledError) for r in results)
     assert any(isinstance(r, Exception) for r in results)  # queued ones were told, not forgotten
+
+
+async def test_a_batch_whose_callers_all_left_cancels_its_triton_call():
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def slow_infer(ids, mask, deadline):
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("not reached")
+
+    c = Coalescer(slow_infer, pad_token_id=0, max_batch_texts=8, max_batch_tokens=100)
+    c.start()
+    call = asyncio.ensure_future(c.submit([seq(1, 2), seq(3)], far()))
+    await asyncio.wait_for(started.wait(), 1)
+    call.cancel()
+    await asyncio.wait_for(cancelled.wait(), 1)
+    await c.stop()

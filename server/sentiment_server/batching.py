@@ -27,6 +27,11 @@ Logits = npt.NDArray[np.float32]
 InferFn = Callable[[IdArray, IdArray, float], Awaitable[Logits]]  # (ids, mask, monotonic deadline)
 
 
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 @dataclass(frozen=True)
 class BatchStats:
     texts: int
@@ -177,10 +182,22 @@ class Coalescer:
             return
         input_ids, attention_mask = pad_batch([item.ids for item in live], self._pad)
         started = time.monotonic()
+        call = asyncio.ensure_future(self._infer(input_ids, attention_mask, max(item.deadline for item in live)))
+
+        def cancel_when_all_callers_left(_: object) -> None:
+            if all(item.future.cancelled() for item in live):
+                call.cancel()  # cancels the Triton request too
+
+        for item in live:
+            item.future.add_done_callback(cancel_when_all_callers_left)
         try:
-            logits = await self._infer(input_ids, attention_mask, max(item.deadline for item in live))
+            logits = await call
             if logits.shape[0] != len(live):
                 raise TritonFailure(f"triton returned {logits.shape[0]} rows for {len(live)} texts")
+        except asyncio.CancelledError:
+            if call.cancelled() and not _current_task_cancelling():
+                return  # every caller left
+            raise
         except Exception as exc:  # every waiting caller gets the batch's error
             for item in live:
                 if not item.future.done():

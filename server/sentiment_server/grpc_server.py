@@ -7,12 +7,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 
 from .admission import Admission
 from .auth import ApiKeyInterceptor
@@ -22,6 +22,7 @@ from .health import SERVICE_NAME, HealthWatcher
 from .metrics import Metrics
 from .model_artifact import TOKENIZER_FILE, ModelInfo, read_model_info, version_dir
 from .pipeline import ClassificationPipeline, Limits
+from .registration import add_sentiment_service
 from .servicer import DeadlinePolicy, SentimentServicer
 from .settings import ServeSettings
 from .tokenization import TextTokenizer
@@ -41,7 +42,16 @@ def _server_credentials(settings: ServeSettings) -> grpc.ServerCredentials | Non
     )
 
 
-def triton_pool(settings: ServeSettings, tls: TritonTLS | None = None) -> TritonPool:
+def triton_pool(settings: ServeSettings) -> TritonPool:
+    tls = (
+        TritonTLS(
+            root_certificates=settings.triton_tls_ca or None,
+            private_key=settings.triton_tls_key or None,
+            certificate_chain=settings.triton_tls_cert or None,
+        )
+        if settings.triton_tls or settings.triton_tls_ca
+        else None
+    )
     urls = [u.strip() for u in settings.triton_url.split(",") if u.strip()]
     return TritonPool([TritonEndpoint(url, settings.model_name, tls=tls) for url in urls])
 
@@ -68,6 +78,7 @@ class FrontEnd:
     coalescer: Coalescer
     pool: TritonPool
     metrics: Metrics
+    metrics_http: Any = None  # prometheus_client's HTTP server when --metrics-port is set
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING first, refuse new calls, let calls in flight finish within the grace period."""
@@ -76,6 +87,8 @@ class FrontEnd:
         await self.server.stop(grace_s)
         await self.coalescer.stop()
         await self.pool.close()
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
 
 
 async def create_server(settings: ServeSettings, startup_timeout_s: float = 120.0) -> FrontEnd:
@@ -119,7 +132,7 @@ async def create_server(settings: ServeSettings, startup_timeout_s: float = 120.
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ],
     )
-    pb_grpc.add_SentimentServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    add_sentiment_service(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
@@ -128,8 +141,10 @@ async def create_server(settings: ServeSettings, startup_timeout_s: float = 120.
     address = f"{settings.host}:{settings.port}"
     credentials = _server_credentials(settings)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    http_server = None
     if settings.metrics_port >= 0:
-        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+        http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+        log.info("metrics on http://%s:%d/metrics", settings.host, http_server.server_port)
     await health.start()
     await server.start()
     log.info(
@@ -137,4 +152,4 @@ async def create_server(settings: ServeSettings, startup_timeout_s: float = 120.
         info.model_name, info.source, info.dtype, len(info.labels), ", DEMO MODEL: random weights" if info.demo else "",
         settings.host, port, settings.triton_url,
     )
-    return FrontEnd(server, port, servicer, health, coalescer, pool, metrics)
+    return FrontEnd(server, port, servicer, health, coalescer, pool, metrics, http_server)

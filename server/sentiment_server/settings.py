@@ -82,6 +82,10 @@ class ServeSettings(ModelSettings):
     tls_key: str = _opt("", "PEM server private key")
     tls_client_ca: str = _opt("", "PEM CA bundle; when set, clients must present a certificate (mTLS)")
     reflection: bool = _opt(True, "serve gRPC server reflection")
+    triton_tls: bool = _opt(False, "use TLS on the channel to Triton (a remote Triton)")
+    triton_tls_ca: str = _opt("", "PEM CA bundle that signed Triton's certificate (empty = system roots)")
+    triton_tls_cert: str = _opt("", "PEM client certificate for mTLS to Triton")
+    triton_tls_key: str = _opt("", "PEM client private key for mTLS to Triton")
     # Observability.
     metrics_port: int = _opt(-1, "Prometheus /metrics port on the front-end host (-1 = off, 0 = any)")
     log_format: str = _opt("text", "log format", ("text", "json"))
