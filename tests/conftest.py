@@ -58,10 +58,21 @@ def start_service(
     err = log.open("w")
     process = subprocess.Popen(
         sentiment_server(
-            "serve", "--port", "0", "--model-repository", str(repository), "--model-name", model_name,
-            "--triton-url", triton_url, *extra,
+            "serve",
+            "--port",
+            "0",
+            "--model-repository",
+            str(repository),
+            "--model-name",
+            model_name,
+            "--triton-url",
+            triton_url,
+            *extra,
         ),
-        stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
@@ -96,10 +107,20 @@ def model_repository(checkpoints: dict[str, Path], tmp_path_factory: pytest.Temp
     for name, checkpoint in checkpoints.items():
         subprocess.run(
             sentiment_server(
-                "export", "--checkpoint", str(checkpoint), "--model-repository", str(repository), "--model-name", name,
-                "--torch-threads", "1",
+                "export",
+                "--checkpoint",
+                str(checkpoint),
+                "--model-repository",
+                str(repository),
+                "--model-name",
+                name,
+                "--torch-threads",
+                "1",
             ),
-            check=True, capture_output=True, text=True, timeout=300,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     return repository
 

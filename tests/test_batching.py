@@ -5,7 +5,6 @@ import time
 
 import numpy as np
 import pytest
-
 from sentiment_server.batching import BatchStats, Coalescer
 from sentiment_server.errors import BackendUnavailable, DeadlineExceeded
 
@@ -68,8 +67,9 @@ async def test_groups_are_sorted_by_length_within_the_token_budget():
 
 
 async def test_errors_reach_every_caller_of_the_batch():
-    c = Coalescer(RecordingInfer(fail=BackendUnavailable("down")), pad_token_id=0, max_batch_texts=8,
-                  max_batch_tokens=100)
+    c = Coalescer(
+        RecordingInfer(fail=BackendUnavailable("down")), pad_token_id=0, max_batch_texts=8, max_batch_tokens=100
+    )
     c.start()
     results = await asyncio.gather(*(c.submit([seq(1, 2)], far()) for _ in range(3)), return_exceptions=True)
     await c.stop()
@@ -102,8 +102,9 @@ async def test_cancelled_callers_are_dropped_from_the_queue():
 
 
 async def test_stop_fails_queued_work_instead_of_dropping_it():
-    c = Coalescer(RecordingInfer(delay=0.5), pad_token_id=0, max_batch_texts=1, max_batch_tokens=100,
-                  max_concurrent_batches=1)
+    c = Coalescer(
+        RecordingInfer(delay=0.5), pad_token_id=0, max_batch_texts=1, max_batch_tokens=100, max_concurrent_batches=1
+    )
     c.start()
     tasks = [asyncio.ensure_future(c.submit([seq(i)], far())) for i in range(1, 4)]
     await asyncio.sleep(0.01)

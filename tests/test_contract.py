@@ -11,8 +11,12 @@ from conftest import ROOT
 
 
 def test_committed_stubs_are_up_to_date(tmp_path: Path):
-    subprocess.run([str(ROOT / "scripts" / "gen_proto.sh"), str(tmp_path)], check=True, cwd=ROOT,
-                   env={**os.environ, "PYTHON": sys.executable})
+    subprocess.run(
+        [str(ROOT / "scripts" / "gen_proto.sh"), str(tmp_path)],
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     for name in ("sentiment_pb2.py", "sentiment_pb2.pyi", "sentiment_pb2_grpc.py"):
         generated = (tmp_path / "sentiment" / "v1" / name).read_text()
         committed = (ROOT / "client" / "sentiment" / "v1" / name).read_text()

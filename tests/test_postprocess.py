@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from sentiment_server.model_artifact import MULTI_LABEL, SINGLE_LABEL
 from sentiment_server.postprocess import probabilities, rank, sigmoid, softmax, uses_sigmoid
 

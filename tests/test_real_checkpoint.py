@@ -33,7 +33,8 @@ def test_seed_logits_and_probabilities(tmp_path: Path):
     repository = tmp_path / "repo"
     subprocess.run(
         sentiment_server("export", "--checkpoint", REAL, "--model-repository", str(repository)),
-        check=True, timeout=600,
+        check=True,
+        timeout=600,
     )
     with EmbeddedTriton(repository, grpc_port=0, metrics_port=0) as triton:
         triton.wait_ready("sentiment", timeout_s=300)

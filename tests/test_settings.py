@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from sentiment_server.cli import build_parser
 from sentiment_server.settings import ServeSettings, UpSettings, env_name, pick, settings_from
 

@@ -30,7 +30,11 @@ def test_up_serves_a_labelled_demo_model_without_the_hub(tmp_path: Path):
     with err_path.open("w") as err:
         up = subprocess.Popen(
             sentiment_server("up", "--port", "0", "--model-repository", str(tmp_path / "repo")),
-            stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=tmp_path,
         )
     try:
         assert up.stdout is not None
@@ -44,11 +48,13 @@ def test_up_serves_a_labelled_demo_model_without_the_hub(tmp_path: Path):
         triton_pid = int(re.search(r"started tritonserver pid (\d+)", log).group(1))  # type: ignore[union-attr]
 
         client = [str(BIN / "sentiment-client"), "--target", target]
-        out = subprocess.run([*client, "classify", "I hate this so much!"], capture_output=True, text=True,
-                             timeout=60, check=True).stdout
+        out = subprocess.run(
+            [*client, "classify", "I hate this so much!"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
         assert "I hate this so much!" in out and "demo model with random weights" in out
-        info = subprocess.run([*client, "info", "--json"], capture_output=True, text=True, timeout=60,
-                              check=True).stdout
+        info = subprocess.run(
+            [*client, "info", "--json"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
         assert '"demo": true' in info
         health = subprocess.run([*client, "health"], capture_output=True, text=True, timeout=60)
         assert health.returncode == 0 and "SERVING" in health.stdout

@@ -92,7 +92,8 @@ def _export_or_demo(settings: UpSettings) -> None:
     log.warning(
         "cannot reach the Hugging Face Hub for %r (%s): serving a DEMO model with random weights, "
         "its labels mean nothing; pass --checkpoint DIR to serve a local checkpoint",
-        settings.checkpoint, reason,
+        settings.checkpoint,
+        reason,
     )
     from .checkpoints import build_tiny_checkpoint
 
@@ -146,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands: dict[str, type[ModelSettings]] = {"export": ExportSettings, "triton": TritonSettings, "serve": ServeSettings, "up": UpSettings}
+    commands: dict[str, type[ModelSettings]] = {
+        "export": ExportSettings,
+        "triton": TritonSettings,
+        "serve": ServeSettings,
+        "up": UpSettings,
+    }
     settings = settings_from(commands[args.command], args)
     configure_logging(getattr(settings, "log_level", "INFO"), getattr(settings, "log_format", "text"))
     try:

@@ -149,7 +149,13 @@ async def create_server(settings: ServeSettings, startup_timeout_s: float = 120.
     await server.start()
     log.info(
         "serving %s (%s, %s, %d labels%s) on %s:%d via Triton %s",
-        info.model_name, info.source, info.dtype, len(info.labels), ", DEMO MODEL: random weights" if info.demo else "",
-        settings.host, port, settings.triton_url,
+        info.model_name,
+        info.source,
+        info.dtype,
+        len(info.labels),
+        ", DEMO MODEL: random weights" if info.demo else "",
+        settings.host,
+        port,
+        settings.triton_url,
     )
     return FrontEnd(server, port, servicer, health, coalescer, pool, metrics, http_server)

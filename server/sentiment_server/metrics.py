@@ -19,15 +19,20 @@ class Metrics:
             "sentiment_request_seconds", "RPC latency by method", ["method"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.stage = Histogram(
-            "sentiment_stage_seconds", "time per stage (tokenize, queue, triton, total)", ["stage"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "sentiment_stage_seconds",
+            "time per stage (tokenize, queue, triton, total)",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_texts = Histogram(
             "sentiment_batch_texts", "texts per Triton batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r
         )
         self.padding = Histogram(
-            "sentiment_batch_padding_fraction", "padded share of each Triton batch",
-            buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), registry=r,
+            "sentiment_batch_padding_fraction",
+            "padded share of each Triton batch",
+            buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
+            registry=r,
         )
         self.in_flight = Gauge("sentiment_requests_in_flight", "admitted RPCs in flight", registry=r)
         self.triton_errors = Counter("sentiment_triton_errors", "failed Triton calls by kind", ["kind"], registry=r)

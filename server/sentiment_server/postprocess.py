@@ -54,5 +54,6 @@ def rank(probs: npt.ArrayLike, labels: list[str], top_k: int) -> list[list[Ranke
     k = len(labels) if top_k <= 0 else min(top_k, len(labels))
     order = np.argsort(-p, axis=-1, kind="stable")[:, :k]
     return [
-        [RankedLabel(int(i), labels[int(i)], float(row[int(i)])) for i in idx] for row, idx in zip(p, order, strict=True)
+        [RankedLabel(int(i), labels[int(i)], float(row[int(i)])) for i in idx]
+        for row, idx in zip(p, order, strict=True)
     ]

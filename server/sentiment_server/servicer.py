@@ -108,9 +108,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         self._model_name = info.model_name
         self._model_version = info.version
 
-    async def _handle(
-        self, method: str, context: Context, texts: int, work: Callable[[str], Awaitable[T]]
-    ) -> T:
+    async def _handle(self, method: str, context: Context, texts: int, work: Callable[[str], Awaitable[T]]) -> T:
         """Request id, admission, metrics and the error table around one call."""
         rid = request_id(context)
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
@@ -142,9 +140,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             self.metrics.requests.labels(method=method, code=code.name).inc()
             self.metrics.latency.labels(method=method).observe(time.monotonic() - started)
 
-    async def _classify(
-        self, request: pb.ClassifyRequest, context: Context, rid: str
-    ) -> pb.ClassifyResponse:
+    async def _classify(self, request: pb.ClassifyRequest, context: Context, rid: str) -> pb.ClassifyResponse:
         texts = list(request.texts)
         options = ClassifyOptions(
             top_k=request.top_k,
@@ -155,8 +151,12 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         self.pipeline.validate_texts(texts)
         output = await self.pipeline.classify(texts, options, self.deadlines.deadline(context))
         t = output.timings
-        for stage, seconds in (("tokenize", t.tokenize_s), ("queue", t.queue_s), ("triton", t.inference_s),
-                               ("total", t.total_s)):
+        for stage, seconds in (
+            ("tokenize", t.tokenize_s),
+            ("queue", t.queue_s),
+            ("triton", t.inference_s),
+            ("total", t.total_s),
+        ):
             self.metrics.stage.labels(stage=stage).observe(seconds)
         self.metrics.texts.inc(len(texts))
         return _classify_response(output, rid, self._model_name, self._model_version)
@@ -178,7 +178,9 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
 
         async def one(message: pb.ClassifyStreamRequest) -> pb.ClassifyStreamResponse:
             response = await self._handle(
-                "ClassifyStream", context, len(message.request.texts),
+                "ClassifyStream",
+                context,
+                len(message.request.texts),
                 lambda rid: self._classify(message.request, context, rid),
             )
             return pb.ClassifyStreamResponse(response=response, correlation_id=message.correlation_id)
@@ -222,9 +224,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
 
         return await self._handle("Tokenize", context, len(request.texts), work)
 
-    async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: Context
-    ) -> pb.GetModelInfoResponse:
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:
         info = self.pipeline.info
 
         async def work(rid: str) -> pb.GetModelInfoResponse:

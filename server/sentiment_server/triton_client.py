@@ -113,8 +113,12 @@ class TritonEndpoint:
         return str(out["name"])
 
     async def infer(
-        self, output_name: str, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64],
-        timeout_s: float, request_id: str = "",
+        self,
+        output_name: str,
+        input_ids: npt.NDArray[np.int64],
+        attention_mask: npt.NDArray[np.int64],
+        timeout_s: float,
+        request_id: str = "",
     ) -> npt.NDArray[np.float32]:
         if timeout_s <= 0:
             raise DeadlineExceeded("deadline exceeded before inference")
@@ -125,8 +129,12 @@ class TritonEndpoint:
         self.in_flight += 1
         try:
             result = await self._client.infer(
-                self.model_name, [ids, mask], model_version=self.model_version,
-                outputs=[InferRequestedOutput(output_name)], request_id=request_id, client_timeout=timeout_s,
+                self.model_name,
+                [ids, mask],
+                model_version=self.model_version,
+                outputs=[InferRequestedOutput(output_name)],
+                request_id=request_id,
+                client_timeout=timeout_s,
             )
         except InferenceServerException as exc:
             converted = _convert(exc)
@@ -179,7 +187,10 @@ class TritonPool:
         return min(candidates, key=lambda e: e.in_flight) if candidates else None
 
     async def infer(
-        self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64], deadline: float,
+        self,
+        input_ids: npt.NDArray[np.int64],
+        attention_mask: npt.NDArray[np.int64],
+        deadline: float,
         request_id: str = "",
     ) -> npt.NDArray[np.float32]:
         """`deadline` is a time.monotonic() instant."""
