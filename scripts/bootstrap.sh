@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 stamp="$VENV/.bootstrapped"
-inputs=(scripts/bootstrap.sh client/pyproject.toml server/pyproject.toml requirements-dev.txt constraints.txt package.json)
+inputs=(scripts/bootstrap.sh client/pyproject.toml server/pyproject.toml requirements-dev.txt constraints.txt package.json client/node/package.json)
 
 if [[ -f "$stamp" ]] && [[ -z "$(find "${inputs[@]}" -newer "$stamp" 2>/dev/null)" ]]; then
   exit 0
