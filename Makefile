@@ -14,7 +14,7 @@ run: bootstrap  ## export (or demo), embedded Triton, front-end on 127.0.0.1:500
 lint: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	cd proto && buf lint
+	scripts/check_buf.sh
 
 typecheck: bootstrap
 	$(BIN)/mypy

@@ -188,7 +188,7 @@ def test_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENTIMENT_TARGET", "example:1")
     monkeypatch.setenv("SENTIMENT_TIMEOUT", "2.5")
     monkeypatch.setenv("SENTIMENT_API_KEY", "k")
-    monkeypatch.setenv("SENTIMENT_TLS_CA", "/ca.pem")
+    monkeypatch.setenv("SENTIMENT_CLIENT_TLS_CA", "/ca.pem")
     options = ClientOptions()
     assert (options.target, options.timeout_s, options.use_tls) == ("example:1", 2.5, True)
     assert options.metadata() == (("x-api-key", "k"),)

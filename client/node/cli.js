@@ -7,7 +7,7 @@
 //   node client/node/cli.js [--target HOST:PORT] health [--service NAME]   (exit 0 if SERVING)
 //
 // Connection flags fall back to SENTIMENT_TARGET, SENTIMENT_API_KEY, SENTIMENT_TIMEOUT,
-// SENTIMENT_TLS, SENTIMENT_TLS_CA, SENTIMENT_TLS_CERT and SENTIMENT_TLS_KEY.
+// SENTIMENT_CLIENT_TLS, SENTIMENT_CLIENT_TLS_CA, SENTIMENT_CLIENT_TLS_CERT and SENTIMENT_CLIENT_TLS_KEY.
 
 const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
@@ -39,10 +39,10 @@ function clientFrom(values) {
   return new SentimentClient(values.target || env.SENTIMENT_TARGET || undefined, {
     apiKey: values['api-key'] || env.SENTIMENT_API_KEY,
     timeoutMs: 1000 * Number(values.timeout || env.SENTIMENT_TIMEOUT || 10),
-    tls: values.tls || flag(env.SENTIMENT_TLS),
-    caCert: values['ca-cert'] || env.SENTIMENT_TLS_CA,
-    clientCert: values.cert || env.SENTIMENT_TLS_CERT,
-    clientKey: values.key || env.SENTIMENT_TLS_KEY,
+    tls: values.tls || flag(env.SENTIMENT_CLIENT_TLS),
+    caCert: values['ca-cert'] || env.SENTIMENT_CLIENT_TLS_CA,
+    clientCert: values.cert || env.SENTIMENT_CLIENT_TLS_CERT,
+    clientKey: values.key || env.SENTIMENT_CLIENT_TLS_KEY,
   });
 }
 

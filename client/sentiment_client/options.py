@@ -33,10 +33,10 @@ class ClientOptions:
     timeout_s: float = field(default_factory=lambda: _env_float("SENTIMENT_TIMEOUT", 10.0))
     api_key: str | None = field(default_factory=lambda: _env("SENTIMENT_API_KEY"))
     # TLS is on when `tls` is set or any certificate path is given.
-    tls: bool = field(default_factory=lambda: _env_flag("SENTIMENT_TLS"))
-    ca_cert: str | None = field(default_factory=lambda: _env("SENTIMENT_TLS_CA"))
-    client_cert: str | None = field(default_factory=lambda: _env("SENTIMENT_TLS_CERT"))
-    client_key: str | None = field(default_factory=lambda: _env("SENTIMENT_TLS_KEY"))
+    tls: bool = field(default_factory=lambda: _env_flag("SENTIMENT_CLIENT_TLS"))
+    ca_cert: str | None = field(default_factory=lambda: _env("SENTIMENT_CLIENT_TLS_CA"))
+    client_cert: str | None = field(default_factory=lambda: _env("SENTIMENT_CLIENT_TLS_CERT"))
+    client_key: str | None = field(default_factory=lambda: _env("SENTIMENT_CLIENT_TLS_KEY"))
     server_name_override: str | None = None
     # Retries (UNAVAILABLE only): exponential backoff with full jitter, within the deadline.
     max_attempts: int = 3

@@ -17,7 +17,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from .errors import BackendUnavailable, DeadlineExceeded, ModelMismatch, TritonFailure
+from .errors import BackendUnavailable, DeadlineExceeded, ModelMismatch, ServiceError, TritonFailure
 from .model_artifact import ATTENTION_MASK, INPUT_IDS, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _convert(exc: InferenceServerException) -> Exception:
     return TritonFailure(f"triton error: {status} {exc.message()}")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: endpoints live in sets
 class TritonEndpoint:
     """One Triton server: readiness, model checks and inference for one model."""
 
@@ -164,26 +164,53 @@ class TritonPool:
             raise ValueError("at least one Triton endpoint is needed")
         self.endpoints = endpoints
         self.output_name = ""
+        self._info: ModelInfo | None = None
+        self._checked: set[TritonEndpoint] = set()
+        self._rejected: set[TritonEndpoint] = set()
 
     @property
     def any_ready(self) -> bool:
         return any(e.ready for e in self.endpoints)
 
     async def refresh(self, timeout_s: float) -> bool:
+        """Probe every endpoint; an endpoint seen ready for the first time is checked before use."""
         await asyncio.gather(*(e.is_model_ready(timeout_s) for e in self.endpoints))
+        if self._info is not None:
+            for endpoint in self.endpoints:
+                if endpoint.ready and endpoint not in self._checked and endpoint not in self._rejected:
+                    try:
+                        await self._check(endpoint, self._info)
+                    except ModelMismatch as exc:
+                        log.error("not using Triton endpoint %s: %s", endpoint.url, exc)
+                    except ServiceError:
+                        endpoint.ready = False  # went away while being checked; next poll tries again
         return self.any_ready
 
-    async def check_model(self, info: ModelInfo) -> None:
-        names = {await e.check_model(info) for e in self.endpoints}
-        if len(names) != 1:
-            raise ModelMismatch(f"Triton endpoints disagree on the output name: {sorted(names)}")
-        self.output_name = names.pop()
+    async def _check(self, endpoint: TritonEndpoint, info: ModelInfo) -> None:
+        try:
+            name = await endpoint.check_model(info)
+            if self.output_name and name != self.output_name:
+                raise ModelMismatch(f"{endpoint.url}: output {name!r}, other endpoints use {self.output_name!r}")
+        except ModelMismatch:
+            self._rejected.add(endpoint)  # a different model must never answer
+            endpoint.ready = False
+            raise
+        self.output_name = name
+        self._checked.add(endpoint)
 
-    def _pick(self, exclude: set[int]) -> TritonEndpoint | None:
-        candidates = [e for e in self.endpoints if e.ready and id(e) not in exclude]
+    async def check_model(self, info: ModelInfo) -> None:
+        """Check the endpoints that are ready now; the others are checked when they first become ready."""
+        self._info = info
+        for endpoint in self.endpoints:
+            if endpoint.ready:
+                await self._check(endpoint, info)
+
+    def _pick(self, exclude: set[TritonEndpoint]) -> TritonEndpoint | None:
+        usable = [e for e in self.endpoints if e in self._checked and e not in exclude]
+        candidates = [e for e in usable if e.ready]
         if not candidates:
-            # Nothing known ready: try one anyway; the call itself is the freshest probe.
-            candidates = [e for e in self.endpoints if id(e) not in exclude]
+            # Nothing known ready: try a checked one anyway; the call itself is the freshest probe.
+            candidates = usable
         return min(candidates, key=lambda e: e.in_flight) if candidates else None
 
     async def infer(
@@ -194,18 +221,18 @@ class TritonPool:
         request_id: str = "",
     ) -> npt.NDArray[np.float32]:
         """`deadline` is a time.monotonic() instant."""
-        tried: set[int] = set()
+        tried: set[TritonEndpoint] = set()
         while True:
             endpoint = self._pick(tried)
             if endpoint is None:
                 raise BackendUnavailable("model backend unavailable")
-            tried.add(id(endpoint))
+            tried.add(endpoint)
             try:
                 return await endpoint.infer(
                     self.output_name, input_ids, attention_mask, deadline - time.monotonic(), request_id
                 )
             except BackendUnavailable:
-                if len(tried) == len(self.endpoints) or deadline - time.monotonic() <= 0:
+                if deadline - time.monotonic() <= 0:
                     raise
                 log.warning("triton endpoint %s unavailable; retrying on another", endpoint.url)
 

@@ -1,0 +1,89 @@
+"""TritonPool's choice of endpoint, with the Triton calls of each endpoint replaced (unit test of one module)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from sentiment_server.errors import BackendUnavailable, ModelMismatch
+from sentiment_server.model_artifact import ModelInfo
+from sentiment_server.triton_client import TritonEndpoint, TritonPool
+
+INFO = ModelInfo("m", "src", ["a", "b"], "single_label_classification", 16, 0, "python", "fp32", "fp")
+
+
+def endpoint(url: str, *, ready: bool, output: str = "logits__0", fails: bool = False) -> TritonEndpoint:
+    e = TritonEndpoint(url, "m")  # the channel connects lazily: nothing is dialled here
+    e.calls = 0  # type: ignore[attr-defined]
+
+    async def is_model_ready(timeout_s: float) -> bool:
+        e.ready = ready
+        return ready
+
+    async def check_model(info: ModelInfo, timeout_s: float = 10.0) -> str:
+        return output
+
+    async def infer(output_name, ids, mask, timeout_s, request_id=""):
+        e.calls += 1  # type: ignore[attr-defined]
+        if fails:
+            e.ready = False
+            raise BackendUnavailable("down")
+        return np.zeros((ids.shape[0], 2), dtype=np.float32)
+
+    e.is_model_ready = is_model_ready  # type: ignore[method-assign]
+    e.check_model = check_model  # type: ignore[method-assign]
+    e.infer = infer  # type: ignore[method-assign]
+    return e
+
+
+def batch():
+    return np.ones((2, 3), dtype=np.int64), np.ones((2, 3), dtype=np.int64)
+
+
+async def test_unavailable_endpoint_is_retried_on_another():
+    dead, live = endpoint("dead:1", ready=True, fails=True), endpoint("live:1", ready=True)
+    pool = TritonPool([dead, live])
+    await pool.refresh(1.0)
+    await pool.check_model(INFO)
+    dead.in_flight = -1  # make the dead one the first choice
+    logits = await pool.infer(*batch(), time.monotonic() + 5)
+    assert logits.shape == (2, 2)
+    assert (dead.calls, live.calls) == (1, 1)  # type: ignore[attr-defined]
+
+
+async def test_all_down_is_unavailable():
+    pool = TritonPool([endpoint("a:1", ready=True, fails=True), endpoint("b:1", ready=True, fails=True)])
+    await pool.refresh(1.0)
+    await pool.check_model(INFO)
+    with pytest.raises(BackendUnavailable):
+        await pool.infer(*batch(), time.monotonic() + 5)
+
+
+async def test_an_endpoint_not_ready_at_start_is_checked_when_it_comes_up():
+    up, later = endpoint("up:1", ready=True), endpoint("later:1", ready=False)
+    pool = TritonPool([up, later])
+    await pool.refresh(1.0)
+    await pool.check_model(INFO)  # does not fail because `later` is down
+    assert pool._pick(set()) is up
+    later_ready = endpoint("later:1", ready=True)
+    pool.endpoints[1] = later_ready
+    await pool.refresh(1.0)
+    up.in_flight = 5
+    assert pool._pick(set()) is later_ready
+
+
+async def test_an_endpoint_with_a_different_model_is_never_used():
+    good, other = endpoint("good:1", ready=True), endpoint("other:1", ready=False, output="probs")
+    pool = TritonPool([good, other])
+    await pool.refresh(1.0)
+    await pool.check_model(INFO)
+    pool.endpoints[1] = other = endpoint("other:1", ready=True, output="probs")
+    await pool.refresh(1.0)  # logs the mismatch, keeps serving on `good`
+    good.in_flight = 5
+    assert pool._pick(set()) is good
+    startup = TritonPool([endpoint("good:1", ready=True), endpoint("other:1", ready=True, output="probs")])
+    await startup.refresh(1.0)
+    with pytest.raises(ModelMismatch):  # at start-up a mismatch refuses to start
+        await startup.check_model(INFO)
