@@ -83,8 +83,15 @@ class FrontEnd:
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING first, refuse new calls, let calls in flight finish within the grace period."""
         await self.health.shutdown()
-        self.servicer.accepting = False
-        await self.server.stop(grace_s)
+        self.servicer.accepting = False  # new calls: UNAVAILABLE "shutting down", which clients retry elsewhere
+        until = time.monotonic() + grace_s
+        while self.servicer.admission.requests > 0 and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+        log.info(
+            "draining done: %d admitted calls still in flight as the port closes", self.servicer.admission.requests
+        )
+        # A call that reaches gRPC in the instant the port closes is CANCELLED by gRPC itself; it was never admitted.
+        await self.server.stop(max(0.0, until - time.monotonic()))
         await self.coalescer.stop()
         await self.pool.close()
         if self.metrics_http is not None:
