@@ -13,7 +13,7 @@ import grpc
 import pytest
 from conftest import Service, start_service
 from loadgen import percentile, run_load
-from sentiment_client import SentimentClient
+from sentiment_client import SentimentClient, SentimentError
 from sentiment_server.triton_process import free_port
 
 pytestmark = pytest.mark.triton
@@ -83,7 +83,7 @@ def test_metrics_are_exported(triton, model_repository: Path, tmp_path: Path):
         with SentimentClient(service.target) as client:
             for _ in range(3):
                 client.classify(["I hate this so much!", "fine"])
-            with pytest.raises(Exception):
+            with pytest.raises(SentimentError):
                 client.classify([""])
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:

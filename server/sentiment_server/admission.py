@@ -6,6 +6,8 @@ an unbounded queue, so admitted calls keep their latency under overload.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,6 +20,8 @@ class Admission:
         self.max_texts = max_texts
         self.requests = 0
         self.texts = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @contextmanager
     def admit(self, texts: int) -> Iterator[None]:
@@ -28,8 +32,16 @@ class Admission:
             raise Overloaded(f"server is at its limit of {self.max_texts} texts in flight; retry later")
         self.requests += 1
         self.texts += texts
+        self._idle.clear()
         try:
             yield
         finally:
             self.requests -= 1
             self.texts -= texts
+            if self.requests == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        """Until no admitted call is left, or the timeout."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout_s))

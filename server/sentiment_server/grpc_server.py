@@ -85,11 +85,9 @@ class FrontEnd:
         await self.health.shutdown()
         self.servicer.accepting = False  # new calls: UNAVAILABLE "shutting down", which clients retry elsewhere
         until = time.monotonic() + grace_s
-        while self.servicer.admission.requests > 0 and time.monotonic() < until:
-            await asyncio.sleep(0.01)
-        log.info(
-            "draining done: %d admitted calls still in flight as the port closes", self.servicer.admission.requests
-        )
+        admission = self.servicer.admission
+        await admission.wait_idle(grace_s)
+        log.info("draining done: %d admitted calls still in flight as the port closes", admission.requests)
         # A call that reaches gRPC in the instant the port closes is CANCELLED by gRPC itself; it was never admitted.
         await self.server.stop(max(0.0, until - time.monotonic()))
         await self.coalescer.stop()

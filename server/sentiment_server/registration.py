@@ -46,14 +46,23 @@ def _unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
 
 def _stream(behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        # A malformed message ends the input there; the stream fails with INVALID_ARGUMENT only
+        # after the responses to the messages before it have been sent, in order, like any other
+        # failing message. (Aborting here, inside the servicer's reader, lost those responses.)
+        malformed = False
+
         async def checked() -> AsyncIterator[Any]:
+            nonlocal malformed
             async for request in requests:
                 if request is MALFORMED:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
+                    malformed = True
+                    return
                 yield request
 
         async for response in behaviour(checked(), context):
             yield response
+        if malformed:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
 
     return handle
 
