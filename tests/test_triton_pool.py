@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-
 from sentiment_server.errors import BackendUnavailable, ModelMismatch
 from sentiment_server.model_artifact import ModelInfo
 from sentiment_server.triton_client import TritonEndpoint, TritonPool
