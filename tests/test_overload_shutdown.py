@@ -74,16 +74,16 @@ async def test_sigterm_drains_calls_in_flight(triton, model_repository: Path, tm
     assert exited_at - sent_at < 10 + 5
 
 
-def test_metrics_are_exported(triton, model_repository: Path, tmp_path: Path):
+def test_metrics_and_access_log(triton, model_repository: Path, tmp_path: Path):
     port = free_port()
     service: Service = start_service(
-        model_repository, "sentiment", triton.grpc_url, tmp_path, "--metrics-port", str(port)
+        model_repository, "sentiment", triton.grpc_url, tmp_path, "--metrics-port", str(port), "--access-log"
     )
     try:
         with SentimentClient(service.target) as client:
             for _ in range(3):
                 client.classify(["I hate this so much!", "fine"])
-            with pytest.raises(SentimentError):
+            with pytest.raises(SentimentError) as failed:
                 client.classify([""])
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
@@ -101,3 +101,6 @@ def test_metrics_are_exported(triton, model_repository: Path, tmp_path: Path):
         'sentiment_request_seconds_bucket{le="0.005",method="Classify"}',
     ):
         assert name in text, name
+    log = service.log.read_text()
+    assert f"request {failed.value.request_id} Classify INVALID_ARGUMENT texts=1" in log
+    assert log.count(" Classify OK texts=2 ") == 3

@@ -125,6 +125,7 @@ async def create_server(settings: ServeSettings, startup_timeout_s: float = 120.
         Admission(settings.max_inflight_requests, settings.max_inflight_texts),
         DeadlinePolicy(cap_s=settings.triton_timeout_s, margin_s=settings.deadline_margin_ms / 1000.0),
         metrics,
+        access_log=settings.access_log,
     )
     health = HealthWatcher(pool, settings.health_poll_s)
     interceptors = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []

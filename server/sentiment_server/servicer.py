@@ -16,7 +16,7 @@ from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 
 from .admission import Admission
-from .errors import DeadlineExceeded, InvalidInput, ShuttingDown, TritonFailure, to_status
+from .errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ShuttingDown, TritonFailure, to_status
 from .metrics import Metrics
 from .model_artifact import MULTI_LABEL
 from .pipeline import ClassificationPipeline, ClassifyOptions, ClassifyOutput, Truncation
@@ -97,9 +97,15 @@ def _classify_response(output: ClassifyOutput, rid: str, model_name: str, model_
 
 class SentimentServicer(pb_grpc.SentimentServiceServicer):
     def __init__(
-        self, pipeline: ClassificationPipeline, admission: Admission, deadlines: DeadlinePolicy, metrics: Metrics
+        self,
+        pipeline: ClassificationPipeline,
+        admission: Admission,
+        deadlines: DeadlinePolicy,
+        metrics: Metrics,
+        access_log: bool = False,
     ) -> None:
         self.pipeline = pipeline
+        self.access_log = access_log
         self.admission = admission
         self.deadlines = deadlines
         self.metrics = metrics
@@ -128,17 +134,20 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             raise
         except Exception as exc:
             code, message = to_status(exc)
-            if isinstance(exc, TritonFailure) or code == grpc.StatusCode.INTERNAL:
+            if code == grpc.StatusCode.INTERNAL:  # ours to fix: keep the detail, never send it
                 log.error("request %s %s failed: %r", rid, method, exc, exc_info=not isinstance(exc, TritonFailure))
             else:
-                log.info("request %s %s: %s %s", rid, method, code.name, message)
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+                log.debug("request %s %s: %s %s", rid, method, code.name, message)
+            if isinstance(exc, (BackendUnavailable, TritonFailure)):
                 self.metrics.triton_errors.labels(kind=type(exc).__name__).inc()
             await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, rid),))
             raise  # unreachable: abort raises
         finally:
+            elapsed = time.monotonic() - started
             self.metrics.requests.labels(method=method, code=code.name).inc()
-            self.metrics.latency.labels(method=method).observe(time.monotonic() - started)
+            self.metrics.latency.labels(method=method).observe(elapsed)
+            if self.access_log:
+                log.info("request %s %s %s texts=%d %.1fms", rid, method, code.name, texts, elapsed * 1000)
 
     async def _classify(self, request: pb.ClassifyRequest, context: Context, rid: str) -> pb.ClassifyResponse:
         texts = list(request.texts)

@@ -89,6 +89,7 @@ class ServeSettings(ModelSettings):
     # Observability.
     metrics_port: int = _opt(-1, "Prometheus /metrics port on the front-end host (-1 = off, 0 = any)")
     log_format: str = _opt("text", "log format", ("text", "json"))
+    access_log: bool = _opt(False, "log every call: request id, method, status, texts, milliseconds")
     log_level: str = _opt("INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
