@@ -24,7 +24,7 @@ class Call:
 
 
 async def classify_once(
-    stub: pb_grpc.SentimentServiceStub, texts: list[str], timeout_s: float, metadata: tuple = ()
+    stub: pb_grpc.SentimentServiceStub, texts: list[str], timeout_s: float, metadata: tuple[tuple[str, str], ...] = ()
 ) -> Call:
     started = time.monotonic()
     try:

@@ -25,7 +25,7 @@ def test_flag_beats_env_beats_default():
 
 def test_every_field_has_a_flag_and_an_env_var():
     parser = build_parser()
-    up_help = parser._subparsers._group_actions[0].choices["up"].format_help()  # type: ignore[union-attr]
+    up_help = parser._subparsers._group_actions[0].choices["up"].format_help()  # type: ignore[union-attr,index]
     for name in UpSettings.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in up_help
         assert env_name(name) in up_help

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def endpoint(url: str, *, ready: bool, output: str = "logits__0", fails: bool = 
     return e
 
 
-def batch():
+def batch() -> tuple[Any, Any]:
     return np.ones((2, 3), dtype=np.int64), np.ones((2, 3), dtype=np.int64)
 
 
