@@ -56,7 +56,7 @@ async def run_load(
                 call = await classify_once(stub, texts, timeout_s)
                 calls.append(call)
                 if call.code != grpc.StatusCode.OK:
-                    await asyncio.sleep(0.01)  # a failing server is not a reason to spin
+                    await asyncio.sleep(0.05)  # a failing server is not a reason to spin
 
         await asyncio.gather(*(caller() for _ in range(concurrency)))
     return calls

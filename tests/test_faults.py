@@ -42,6 +42,25 @@ async def health(target: str) -> int:
         return int(response.status)
 
 
+async def watch_health(target: str, stop: asyncio.Event) -> list[int]:
+    """The statuses Health.Watch streams until `stop`."""
+    statuses: list[int] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="sentiment.v1.SentimentService")
+        )
+
+        async def read() -> None:
+            async for response in call:
+                statuses.append(int(response.status))
+
+        reader = asyncio.ensure_future(read())
+        await stop.wait()
+        call.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    return statuses
+
+
 async def wait_for(predicate, timeout_s: float, interval_s: float = 0.05) -> float:
     """Seconds until the async predicate held; fails after timeout_s."""
     started = time.monotonic()
@@ -61,6 +80,7 @@ async def test_killed_triton_fails_fast_flips_health_and_recovers(model_reposito
         load = asyncio.ensure_future(
             run_load(service.target, duration_s=60, concurrency=8, timeout_s=DEADLINE_S, stop=stop)
         )
+        watched = asyncio.ensure_future(watch_health(service.target, stop))
         await asyncio.sleep(1.5)
         assert triton.pid is not None
         os.kill(triton.pid, signal.SIGKILL)
@@ -80,6 +100,7 @@ async def test_killed_triton_fails_fast_flips_health_and_recovers(model_reposito
         await wait_for(lambda: _health_is(service.target, SERVING), 3)
         stop.set()
         calls = await load
+        statuses = await watched
     finally:
         assert service.stop() == 0
         if restarted is not None:
@@ -92,6 +113,7 @@ async def test_killed_triton_fails_fast_flips_health_and_recovers(model_reposito
     assert max(c.seconds for c in calls) <= DEADLINE_S + 0.25  # no call outlives its deadline
     assert all("triton" not in c.details.lower() for c in failures)  # no internal text leaks
     assert recovery_s <= 3.0
+    assert statuses[:3] == [SERVING, NOT_SERVING, SERVING]  # Health.Watch streamed the flip and the return
     assert any(c.started > ready_at and c.code == grpc.StatusCode.OK for c in calls)
 
 

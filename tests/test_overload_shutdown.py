@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import statistics
 import time
@@ -77,7 +78,15 @@ async def test_sigterm_drains_calls_in_flight(triton, model_repository: Path, tm
 def test_metrics_and_access_log(triton, model_repository: Path, tmp_path: Path):
     port = free_port()
     service: Service = start_service(
-        model_repository, "sentiment", triton.grpc_url, tmp_path, "--metrics-port", str(port), "--access-log"
+        model_repository,
+        "sentiment",
+        triton.grpc_url,
+        tmp_path,
+        "--metrics-port",
+        str(port),
+        "--access-log",
+        "--log-format",
+        "json",
     )
     try:
         with SentimentClient(service.target) as client:
@@ -101,6 +110,8 @@ def test_metrics_and_access_log(triton, model_repository: Path, tmp_path: Path):
         'sentiment_request_seconds_bucket{le="0.005",method="Classify"}',
     ):
         assert name in text, name
-    log = service.log.read_text()
-    assert f"request {failed.value.request_id} Classify INVALID_ARGUMENT texts=1" in log
-    assert log.count(" Classify OK texts=2 ") == 3
+    entries = [json.loads(line) for line in service.log.read_text().splitlines() if line.strip()]
+    messages = [e["message"] for e in entries]
+    assert all({"ts", "level", "logger", "message"} <= set(e) for e in entries)
+    assert any(m.startswith(f"request {failed.value.request_id} Classify INVALID_ARGUMENT texts=1") for m in messages)
+    assert sum(" Classify OK texts=2 " in m for m in messages) == 3
