@@ -34,10 +34,10 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-async def _serve(settings: ServeSettings, startup_timeout_s: float = 120.0) -> None:
+async def _serve(settings: ServeSettings) -> None:
     from .grpc_server import create_server
 
-    front = await create_server(settings, startup_timeout_s)
+    front = await create_server(settings)
     print(f"sentiment-server: serving on {settings.host}:{front.port}", flush=True)
     await _wait_for_signal()
     log.info("signal received: draining for up to %.1fs", settings.grace_s)

@@ -40,8 +40,16 @@ class ShuttingDown(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class ModelMismatch(Exception):
+class StartupError(Exception):
+    """The front-end cannot start (said once, clearly, to the operator)."""
+
+
+class ModelMismatch(StartupError):
     """Start-up check: Triton's model does not match the tokenizer or labels."""
+
+
+class TritonNotReady(StartupError):
+    """No Triton endpoint had the model ready within the start-up timeout."""
 
 
 class TritonFailure(ServiceError):

@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from .admission import Admission
 from .auth import ApiKeyInterceptor
 from .batching import Coalescer
-from .errors import ModelMismatch
+from .errors import TritonNotReady
 from .health import SERVICE_NAME, HealthWatcher
 from .metrics import Metrics
 from .model_artifact import TOKENIZER_FILE, ModelInfo, read_model_info, version_dir
@@ -62,7 +62,7 @@ async def wait_for_triton(pool: TritonPool, info: ModelInfo, timeout_s: float) -
     while not await pool.refresh(timeout_s=1.0):
         if time.monotonic() > until:
             urls = ", ".join(e.url for e in pool.endpoints)
-            raise ModelMismatch(f"Triton at {urls} has no ready model {info.model_name!r} after {timeout_s:.0f}s")
+            raise TritonNotReady(f"Triton at {urls} has no ready model {info.model_name!r} after {timeout_s:.0f}s")
         await asyncio.sleep(0.2)
     await pool.check_model(info)
 
@@ -96,7 +96,7 @@ class FrontEnd:
             self.metrics_http.shutdown()
 
 
-async def create_server(settings: ServeSettings, startup_timeout_s: float = 120.0) -> FrontEnd:
+async def create_server(settings: ServeSettings) -> FrontEnd:
     """Build and start the front-end; `settings.port` 0 binds any free port."""
     info = read_model_info(settings.model_repository, settings.model_name)
     tokenizer = TextTokenizer(
@@ -105,7 +105,7 @@ async def create_server(settings: ServeSettings, startup_timeout_s: float = 120.
         info.pad_token_id,
     )
     pool = triton_pool(settings)
-    await wait_for_triton(pool, info, startup_timeout_s)
+    await wait_for_triton(pool, info, settings.startup_timeout_s)
     metrics = Metrics()
     coalescer = Coalescer(
         pool.infer,

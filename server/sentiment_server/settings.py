@@ -74,6 +74,7 @@ class ServeSettings(ModelSettings):
     triton_timeout_s: float = _opt(30.0, "cap on one Triton call's deadline")
     deadline_margin_ms: float = _opt(5.0, "time kept back from the caller's deadline for the reply")
     health_poll_s: float = _opt(0.5, "how often Triton's model readiness is checked")
+    startup_timeout_s: float = _opt(120.0, "how long start-up waits for Triton to have the model ready")
     # Shutdown.
     grace_s: float = _opt(10.0, "seconds calls in flight get to finish on SIGTERM")
     # Security.
