@@ -31,10 +31,6 @@ class HealthWatcher:
         self._serving: bool | None = None
         self._stopped = False
 
-    @property
-    def serving(self) -> bool:
-        return bool(self._serving)
-
     async def _set(self, serving: bool) -> None:
         if serving == self._serving:
             return

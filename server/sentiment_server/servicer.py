@@ -183,7 +183,8 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         The first failing message ends the stream with its status; the responses
         before it have been sent.
         """
-        window: asyncio.Queue[asyncio.Task[pb.ClassifyStreamResponse] | None] = asyncio.Queue(_STREAM_WINDOW)
+        window = asyncio.Semaphore(_STREAM_WINDOW)
+        queue: asyncio.Queue[asyncio.Task[pb.ClassifyStreamResponse] | None] = asyncio.Queue()
 
         async def one(message: pb.ClassifyStreamRequest) -> pb.ClassifyStreamResponse:
             response = await self._handle(
@@ -195,18 +196,25 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             return pb.ClassifyStreamResponse(response=response, correlation_id=message.correlation_id)
 
         async def read() -> None:
-            async for message in request_iterator:
-                await window.put(asyncio.ensure_future(one(message)))
-            await window.put(None)
+            try:
+                async for message in request_iterator:
+                    await window.acquire()
+                    queue.put_nowait(asyncio.ensure_future(one(message)))
+            finally:
+                queue.put_nowait(None)  # the end, however reading ended
 
         reader = asyncio.ensure_future(read())
         try:
-            while (task := await window.get()) is not None:
-                yield await task
+            while (task := await queue.get()) is not None:
+                try:
+                    yield await task
+                finally:
+                    window.release()
+            await reader  # re-raises what ended the reading, e.g. a malformed message
         finally:
             reader.cancel()
-            while not window.empty():
-                pending = window.get_nowait()
+            while not queue.empty():
+                pending = queue.get_nowait()
                 if pending is not None:
                     pending.cancel()
 
