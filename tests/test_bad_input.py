@@ -10,11 +10,13 @@ traceback from what the test sent.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from conftest import Service, start_service  # type: ignore[import-not-found]  # tests/ is on pytest's path
+from conftest import Service, start_service
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -30,6 +32,10 @@ SERVICE = "/sentiment.v1.SentimentService/"
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
 
 
+def _stub(channel: grpc.Channel) -> pb_grpc.SentimentServiceStub:
+    return pb_grpc.SentimentServiceStub(channel)  # type: ignore[no-untyped-call]  # generated code
+
+
 @pytest.fixture(scope="module")
 def channel(service: Service) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(service.target) as ch:
@@ -38,7 +44,7 @@ def channel(service: Service) -> Iterator[grpc.Channel]:
 
 @pytest.fixture(scope="module")
 def stub(channel: grpc.Channel) -> pb_grpc.SentimentServiceStub:
-    return pb_grpc.SentimentServiceStub(channel)
+    return _stub(channel)
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +63,7 @@ def still_serving(service: Service, stub: pb_grpc.SentimentServiceStub) -> Itera
 
 
 @pytest.fixture(scope="module")
-def limited_service(model_repository, triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def limited_service(model_repository: Path, triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A front-end with small limits: 100 characters per text, 10,000-byte messages."""
     logs = tmp_path_factory.mktemp("bad-input-logs")
     flags = ("--max-chars-per-text", "100", "--max-message-bytes", "10000")
@@ -69,7 +75,7 @@ def limited_service(model_repository, triton, tmp_path_factory: pytest.TempPathF
     assert "Traceback" not in started.log.read_text(), started.log.read_text()[-3000:]
 
 
-def _code(call, *args, **kwargs) -> tuple[grpc.StatusCode, str, object]:
+def _code(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[grpc.StatusCode, str, Any]:
     try:
         return grpc.StatusCode.OK, "", call(*args, **kwargs)
     except grpc.RpcError as exc:
@@ -99,7 +105,7 @@ def _stream(
     ],
     ids=["nul-inside", "nul-edges", "hebrew", "arabic", "bidi-controls", "emoji-zwj", "many-emoji"],
 )
-def test_odd_text_is_classified(stub: pb_grpc.SentimentServiceStub, text: str):
+def test_odd_text_is_classified(stub: pb_grpc.SentimentServiceStub, text: str) -> None:
     response = stub.Classify(pb.ClassifyRequest(texts=[text, "plain text"]), timeout=10)
     assert len(response.results) == 2
     result = response.results[0]
@@ -117,7 +123,9 @@ def test_odd_text_is_classified(stub: pb_grpc.SentimentServiceStub, text: str):
     ["\u0301\u0301", "\x00", "\u200d\u200d", "\ufeff", "\x01\x02\x7f"],
     ids=["combining", "nul", "zwj", "bom", "ctl"],
 )
-def test_text_that_tokenizes_to_nothing_is_classified_like_the_pipeline(stub: pb_grpc.SentimentServiceStub, text: str):
+def test_text_that_tokenizes_to_nothing_is_classified_like_the_pipeline(
+    stub: pb_grpc.SentimentServiceStub, text: str
+) -> None:
     """Not whitespace (str.strip keeps it), but the tokenizer drops every character: [CLS] [SEP] only.
 
     `pipeline("text-classification")` classifies such a text (the model sees two
@@ -130,7 +138,7 @@ def test_text_that_tokenizes_to_nothing_is_classified_like_the_pipeline(stub: pb
     assert response.results[0].label in LABELS
 
 
-def test_top_k_larger_than_the_labels_returns_all_labels(stub: pb_grpc.SentimentServiceStub):
+def test_top_k_larger_than_the_labels_returns_all_labels(stub: pb_grpc.SentimentServiceStub) -> None:
     response = stub.Classify(pb.ClassifyRequest(texts=["fine"], top_k=1_000_000), timeout=10)
     assert sorted(s.label for s in response.results[0].scores) == sorted(LABELS)
 
@@ -138,9 +146,9 @@ def test_top_k_larger_than_the_labels_returns_all_labels(stub: pb_grpc.Sentiment
 # --------------------------------------------------------------------------- limits
 
 
-def test_text_over_the_character_limit(limited_service: Service):
+def test_text_over_the_character_limit(limited_service: Service) -> None:
     with grpc.insecure_channel(limited_service.target) as ch:
-        stub = pb_grpc.SentimentServiceStub(ch)
+        stub = _stub(ch)
         assert stub.Classify(pb.ClassifyRequest(texts=["a" * 100]), timeout=10).results
         for call, request in (
             (stub.Classify, pb.ClassifyRequest(texts=["ok", "a" * 101])),
@@ -153,9 +161,9 @@ def test_text_over_the_character_limit(limited_service: Service):
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "limit is 100" in details
 
 
-def test_message_over_the_size_limit(limited_service: Service):
+def test_message_over_the_size_limit(limited_service: Service) -> None:
     with grpc.insecure_channel(limited_service.target) as ch:
-        stub = pb_grpc.SentimentServiceStub(ch)
+        stub = _stub(ch)
         big = pb.ClassifyRequest(texts=["word " * 19 + "word"] * 200)  # 100-char texts, about 20.4 kB
         assert big.ByteSize() > 20_000
         for call, request in (
@@ -185,7 +193,7 @@ BAD_UTF8 = b"\x0a\x02\xff\xfe"  # field 1 (texts / request), 2 bytes that are no
     ids=["invalid-utf8", "truncated-string", "cut-utf8-sequence", "truncated-field-2"],
 )
 @pytest.mark.parametrize("method", ["Classify", "Tokenize"])
-def test_unparseable_bytes_are_invalid_argument(channel: grpc.Channel, method: str, payload: bytes):
+def test_unparseable_bytes_are_invalid_argument(channel: grpc.Channel, method: str, payload: bytes) -> None:
     call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
         SERVICE + method, request_serializer=None, response_deserializer=None
     )
@@ -194,7 +202,7 @@ def test_unparseable_bytes_are_invalid_argument(channel: grpc.Channel, method: s
     assert "UTF-8" in details or "protobuf" in details
 
 
-def test_unparseable_stream_message_is_invalid_argument(channel: grpc.Channel):
+def test_unparseable_stream_message_is_invalid_argument(channel: grpc.Channel) -> None:
     call: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
         SERVICE + "ClassifyStream", request_serializer=None, response_deserializer=None
     )
@@ -216,7 +224,7 @@ def test_unparseable_stream_message_is_invalid_argument(channel: grpc.Channel):
 # --------------------------------------------------------------------------- enums and deadlines
 
 
-def test_unknown_truncation_strategy_on_tokenize_and_stream(stub: pb_grpc.SentimentServiceStub):
+def test_unknown_truncation_strategy_on_tokenize_and_stream(stub: pb_grpc.SentimentServiceStub) -> None:
     truncation = pb.TruncationOptions(strategy=99)  # type: ignore[arg-type]
     code, details, _ = _code(stub.Tokenize, pb.TokenizeRequest(texts=["x"], truncation=truncation), timeout=10)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown truncation strategy 99" in details
@@ -224,7 +232,7 @@ def test_unknown_truncation_strategy_on_tokenize_and_stream(stub: pb_grpc.Sentim
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown truncation strategy 99" in details
 
 
-def test_one_millisecond_deadline(service: Service, stub: pb_grpc.SentimentServiceStub, channel: grpc.Channel):
+def test_one_millisecond_deadline(service: Service, stub: pb_grpc.SentimentServiceStub, channel: grpc.Channel) -> None:
     heavy = pb.ClassifyRequest(texts=[f"text {i} " + "word " * 200 for i in range(64)])
     for _ in range(10):
         code, _, _ = _code(stub.Classify, heavy, timeout=0.001)
@@ -273,7 +281,6 @@ def _expected_invalid(texts: list[str], strategy: int, max_length: int) -> bool:
     max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
-    database=None,  # no .hypothesis/ directory in the repository
 )
 @given(
     texts=texts_strategy,
@@ -289,7 +296,7 @@ def test_any_request_is_answered_or_refused_cleanly(
     return_logits: bool,
     strategy: int,
     max_length: int,
-):
+) -> None:
     request = pb.ClassifyRequest(
         texts=texts,
         top_k=top_k,

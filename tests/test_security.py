@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Service, start_service  # type: ignore[import-not-found]  # tests/ is on pytest's path
+from conftest import Service, start_service
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
@@ -33,6 +33,10 @@ pytestmark = pytest.mark.triton
 
 API_KEY = "s3cret-key-for-tests"
 CLIENT_CLI = Path(sys.executable).parent / "sentiment-client"
+
+
+def _stub(channel: grpc.Channel) -> pb_grpc.SentimentServiceStub:
+    return pb_grpc.SentimentServiceStub(channel)  # type: ignore[no-untyped-call]  # generated code
 
 
 # --------------------------------------------------------------------------- certificates
@@ -165,19 +169,19 @@ def _classify_ok(client: SentimentClient) -> None:
 # --------------------------------------------------------------------------- TLS
 
 
-def test_tls_classify_works_with_the_ca(tls_service: Service, pki: Pki):
+def test_tls_classify_works_with_the_ca(tls_service: Service, pki: Pki) -> None:
     with _client(tls_service.target, ca_cert=str(pki.ca)) as client:
         _classify_ok(client)
         assert client.health() == "SERVING"
 
 
-def test_tls_certificate_is_valid_for_localhost_too(tls_service: Service, pki: Pki):
+def test_tls_certificate_is_valid_for_localhost_too(tls_service: Service, pki: Pki) -> None:
     """The DNS SAN: connect to 127.0.0.1 but verify the certificate as `localhost`."""
     with _client(tls_service.target, ca_cert=str(pki.ca), server_name_override="localhost") as client:
         _classify_ok(client)
 
 
-def test_plaintext_client_to_tls_server_fails(tls_service: Service, pki: Pki):
+def test_plaintext_client_to_tls_server_fails(tls_service: Service, pki: Pki) -> None:
     with _client(tls_service.target) as client, pytest.raises(SentimentError) as info:
         client.classify("hello", timeout=5)
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
@@ -185,13 +189,13 @@ def test_plaintext_client_to_tls_server_fails(tls_service: Service, pki: Pki):
         _classify_ok(client)
 
 
-def test_tls_client_that_does_not_trust_the_ca_fails(tls_service: Service, pki: Pki):
+def test_tls_client_that_does_not_trust_the_ca_fails(tls_service: Service, pki: Pki) -> None:
     with _client(tls_service.target, ca_cert=str(pki.rogue_cert)) as client, pytest.raises(SentimentError) as info:
         client.classify("hello", timeout=5)
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-def test_reflection_is_unimplemented_when_disabled(tls_service: Service, pki: Pki):
+def test_reflection_is_unimplemented_when_disabled(tls_service: Service, pki: Pki) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
@@ -208,7 +212,7 @@ def test_reflection_is_unimplemented_when_disabled(tls_service: Service, pki: Pk
 # --------------------------------------------------------------------------- mTLS
 
 
-def test_mtls_client_with_certificate_works(mtls_service: Service, pki: Pki):
+def test_mtls_client_with_certificate_works(mtls_service: Service, pki: Pki) -> None:
     with _client(
         mtls_service.target, ca_cert=str(pki.ca), client_cert=str(pki.client_cert), client_key=str(pki.client_key)
     ) as client:
@@ -219,7 +223,7 @@ def test_mtls_client_with_certificate_works(mtls_service: Service, pki: Pki):
 @pytest.mark.parametrize("who", ["no certificate", "certificate from an untrusted CA"])
 def test_mtls_client_without_a_trusted_certificate_fails_and_the_server_keeps_serving(
     mtls_service: Service, pki: Pki, who: str
-):
+) -> None:
     extra = {} if who == "no certificate" else {"client_cert": str(pki.rogue_cert), "client_key": str(pki.rogue_key)}
     for _ in range(3):
         with _client(mtls_service.target, ca_cert=str(pki.ca), **extra) as client, pytest.raises(SentimentError) as e:
@@ -262,9 +266,9 @@ BAD_KEYS = {
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_missing_or_wrong_key_is_unauthenticated(key_service: Service, method: str):
+def test_missing_or_wrong_key_is_unauthenticated(key_service: Service, method: str) -> None:
     with grpc.insecure_channel(key_service.target) as channel:
-        stub = pb_grpc.SentimentServiceStub(channel)
+        stub = _stub(channel)
         for name, metadata in BAD_KEYS.items():
             with pytest.raises(grpc.RpcError) as info:
                 _call(stub, method, metadata)
@@ -278,12 +282,12 @@ def test_missing_or_wrong_key_is_unauthenticated(key_service: Service, method: s
     [(("x-api-key", API_KEY),), (("authorization", f"Bearer {API_KEY}"),), (("authorization", f"bearer {API_KEY}"),)],
     ids=["x-api-key", "Bearer", "bearer"],
 )
-def test_right_key_works(key_service: Service, method: str, metadata: tuple[tuple[str, str], ...]):
+def test_right_key_works(key_service: Service, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
     with grpc.insecure_channel(key_service.target) as channel:
-        assert _call(pb_grpc.SentimentServiceStub(channel), method, metadata)
+        assert _call(_stub(channel), method, metadata)
 
 
-def test_python_client_sends_the_key(key_service: Service):
+def test_python_client_sends_the_key(key_service: Service) -> None:
     with _client(key_service.target, api_key=API_KEY) as client:
         _classify_ok(client)
         assert client.model_info().model_name == "sentiment"
@@ -292,7 +296,7 @@ def test_python_client_sends_the_key(key_service: Service):
     assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_health_needs_no_key(key_service: Service):
+def test_health_needs_no_key(key_service: Service) -> None:
     with grpc.insecure_channel(key_service.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in ("", "sentiment.v1.SentimentService"):
@@ -323,11 +327,11 @@ def _work_done(samples: dict[str, float]) -> dict[str, float]:
     }
 
 
-def test_unauthenticated_before_any_work(key_service: Service):
+def test_unauthenticated_before_any_work(key_service: Service) -> None:
     """10,000 texts would be INVALID_ARGUMENT (too many texts); without the key it must not get that far."""
     before = _work_done(_metrics(key_service))
     with grpc.insecure_channel(key_service.target) as channel:
-        stub = pb_grpc.SentimentServiceStub(channel)
+        stub = _stub(channel)
         for metadata in (BAD_KEYS["missing"], BAD_KEYS["wrong x-api-key"]):
             with pytest.raises(grpc.RpcError) as info:
                 stub.Classify(pb.ClassifyRequest(texts=["some words"] * 10_000), metadata=metadata, timeout=10)
@@ -338,13 +342,13 @@ def test_unauthenticated_before_any_work(key_service: Service):
     assert _work_done(_metrics(key_service)) == before
     # With the key the same request reaches the servicer and is refused there.
     with grpc.insecure_channel(key_service.target) as channel, pytest.raises(grpc.RpcError) as info:
-        pb_grpc.SentimentServiceStub(channel).Classify(
+        _stub(channel).Classify(
             pb.ClassifyRequest(texts=["some words"] * 10_000), metadata=(("x-api-key", API_KEY),), timeout=10
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_reflection_needs_the_key(key_service: Service):
+def test_reflection_needs_the_key(key_service: Service) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     request = reflection_pb2.ServerReflectionRequest(list_services="")
@@ -366,7 +370,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(CLIENT_CLI), *args], capture_output=True, text=True, timeout=30, env=env)
 
 
-def test_cli_over_tls_with_api_key(tls_key_service: Service, pki: Pki):
+def test_cli_over_tls_with_api_key(tls_key_service: Service, pki: Pki) -> None:
     started = time.monotonic()
     flags = ("--target", tls_key_service.target, "--tls", "--ca-cert", str(pki.ca))
     done = _cli(*flags, "--api-key", API_KEY, "classify", "x")

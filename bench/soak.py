@@ -1,0 +1,611 @@
+"""Soak test: steady closed-loop load for a long time, watching memory and file descriptors.
+
+    python bench/soak.py --duration-s 600 [--concurrency 16] [--target host:port] [--full-size]
+
+Without --target it builds a tiny (or --full-size) random-weight checkpoint in a
+temporary directory, exports it, and starts an embedded Triton and a
+`sentiment-server serve` front-end on 127.0.0.1 (bench/procs.py), all stopped by
+pid at the end, on an error or on Ctrl-C/SIGTERM.
+
+The load: `--concurrency` callers in a closed loop over one channel (all but
+`--streams` of them unary Classify calls with 1-8 mixed texts and varied
+options, now and then a Tokenize; the others ClassifyStream calls of 50
+messages each, one message in flight), plus one caller that opens a fresh
+channel for every call (connection churn, twice a second).
+
+Every `--interval-s` (10 s) it samples the front-end's, Triton's and Triton's
+Python backend stubs' RSS (/proc/PID/status VmRSS), open file descriptors
+(/proc/PID/fd) and threads, with the calls, errors and p50/p99 of the interval.
+After the warm-up (default: the first 60 s or 10 % of the run, whichever is
+shorter) it reports the growth of RSS and fds (first sample after the warm-up
+vs the last, and a least-squares slope per minute), prints it as a table and
+writes bench/results/soak.json. Exit code 1 when any call failed (130 when
+interrupted without failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "soak.json"
+MODEL_NAME = "sentiment"  # the name bench/procs.py serves
+STREAM_MESSAGES = 50
+CHURN_PERIOD_S = 0.5
+log = logging.getLogger("bench.soak")
+
+# Odd but valid texts mixed into the corpus: non-Latin scripts, emoji sequences, controls.
+ODD_TEXTS = (
+    "שלום עולם, זה סרט נהדר",
+    "هذا الفيلم رائع جدا",
+    "👨\u200d👩\u200d👧\u200d👦 family night 🏳️\u200d🌈",
+    "good\x00movie",
+    "Ünïcödé ñ façade — “quoted” …",
+    "这部电影很好看",
+)
+
+
+# --------------------------------------------------------------------------- process sampling
+
+
+@dataclass(frozen=True)
+class ProcStats:
+    rss_kb: int
+    # VmRSS = RssAnon (heap: what leaks) + RssFile (mapped files) + RssShmem (shared memory; the Python
+    # backend's /dev/shm pool counts here as its pages are touched, bounded by the pool's size).
+    rss_anon_kb: int
+    rss_shmem_kb: int
+    fds: int
+    threads: int
+    pids: int  # how many processes were summed (the backend stubs are several)
+
+
+def _status_fields(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def proc_stats(pids: list[int]) -> ProcStats | None:
+    """Summed VmRSS (and its anonymous and shared-memory parts), open fds and threads; None if none is alive."""
+    rss = anon = shmem = fds = threads = alive = 0
+    for pid in pids:
+        try:
+            status = _status_fields(pid)
+            count = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+        rss += int(status.get("VmRSS", "0 kB").split()[0])
+        anon += int(status.get("RssAnon", "0 kB").split()[0])
+        shmem += int(status.get("RssShmem", "0 kB").split()[0])
+        threads += int(status.get("Threads", "0"))
+        fds += count
+        alive += 1
+    return ProcStats(rss, anon, shmem, fds, threads, alive) if alive else None
+
+
+def children(pid: int) -> Iterator[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return
+    for child in text.split():
+        yield int(child)
+        yield from children(int(child))
+
+
+@dataclass
+class Roles:
+    """Which pids to watch: the front-end, Triton, and Triton's children (Python backend stubs)."""
+
+    front_end: int | None = None
+    triton: int | None = None
+
+    def groups(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        if self.front_end:
+            out["front-end"] = [self.front_end]
+        if self.triton:
+            out["triton"] = [self.triton]
+            out["triton-stubs"] = list(children(self.triton))
+        return out
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class Stats:
+    """What the callers record; the sampler takes the interval's latencies each time."""
+
+    calls: int = 0
+    errors: int = 0
+    by_code: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    first_errors: list[str] = field(default_factory=list)
+    interval_s: list[float] = field(default_factory=list)
+    all_s: list[float] = field(default_factory=list)
+    texts: int = 0
+    stopping: bool = False  # set on Ctrl-C/SIGTERM: calls cut short then are not failures
+    after_stop: Counter[str] = field(default_factory=Counter)
+
+    def ok(self, kind: str, seconds: float, texts: int) -> None:
+        self.calls += 1
+        self.texts += texts
+        self.by_code["OK"] += 1
+        self.by_kind[kind] += 1
+        self.interval_s.append(seconds)
+        self.all_s.append(seconds)
+
+    def failed(self, kind: str, code: str, details: str) -> None:
+        if self.stopping:
+            self.after_stop[code] += 1
+            return
+        self.calls += 1
+        self.errors += 1
+        self.by_code[code] += 1
+        self.by_kind[kind] += 1
+        if len(self.first_errors) < 20:
+            self.first_errors.append(f"{kind}: {code}: {details[:200]}")
+        log.warning("%s failed: %s %s", kind, code, details[:200])
+
+
+def percentile_ms(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)) * 1000, 2) if values else None
+
+
+class Load:
+    def __init__(self, target: str, texts: list[str], stats: Stats, timeout_s: float, seed: int = 0) -> None:
+        from sentiment.v1 import sentiment_pb2 as pb
+
+        self.pb = pb
+        self.target = target
+        self.texts = texts
+        self.stats = stats
+        self.timeout_s = timeout_s
+        self.rng = random.Random(seed)
+
+    def _classify_request(self) -> Any:
+        pb = self.pb
+        n = self.rng.choice((1, 1, 1, 2, 4, 8))
+        return pb.ClassifyRequest(
+            texts=self.rng.sample(self.texts, n),
+            top_k=self.rng.choice((0, 0, 1, 2)),
+            return_logits=self.rng.random() < 0.3,
+            truncation=pb.TruncationOptions(max_length=self.rng.choice((0, 0, 0, 64))),
+        )
+
+    async def unary_caller(self, stub: Any, until: float, stop: asyncio.Event) -> None:
+        pb = self.pb
+        while time.monotonic() < until and not stop.is_set():
+            tokenize = self.rng.random() < 0.05
+            request = self._classify_request()
+            kind = "Tokenize" if tokenize else "Classify"
+            started = time.monotonic()
+            try:
+                if tokenize:
+                    await stub.Tokenize(pb.TokenizeRequest(texts=request.texts), timeout=self.timeout_s)
+                else:
+                    response = await stub.Classify(request, timeout=self.timeout_s)
+                    if len(response.results) != len(request.texts):
+                        raise AssertionError("one result per text")
+                self.stats.ok(kind, time.monotonic() - started, len(request.texts))
+            except grpc.aio.AioRpcError as exc:
+                self.stats.failed(kind, exc.code().name, exc.details() or "")
+                await asyncio.sleep(0.05)  # a failing server is no reason to spin
+            except AssertionError as exc:
+                self.stats.failed(kind, "BAD_RESPONSE", str(exc))
+
+    async def stream_caller(self, stub: Any, until: float, stop: asyncio.Event) -> None:
+        """Streams of STREAM_MESSAGES messages, one in flight; each message's round trip is one call."""
+        pb = self.pb
+        while time.monotonic() < until and not stop.is_set():
+            call = stub.ClassifyStream(timeout=max(self.timeout_s, 5 * 60))
+            try:
+                for i in range(STREAM_MESSAGES):
+                    if time.monotonic() >= until or stop.is_set():
+                        break
+                    request = self._classify_request()
+                    started = time.monotonic()
+                    await call.write(pb.ClassifyStreamRequest(request=request, correlation_id=str(i)))
+                    response = await asyncio.wait_for(call.read(), self.timeout_s)
+                    if response is grpc.aio.EOF or response.correlation_id != str(i):
+                        self.stats.failed("ClassifyStream", "BAD_RESPONSE", f"message {i}: {response!r}"[:200])
+                        break
+                    self.stats.ok("ClassifyStream", time.monotonic() - started, len(request.texts))
+                await call.done_writing()
+                if await call.read() is not grpc.aio.EOF:
+                    self.stats.failed("ClassifyStream", "BAD_RESPONSE", "a response after the last message")
+                if (code := await call.code()) != grpc.StatusCode.OK:
+                    self.stats.failed("ClassifyStream", code.name, await call.details())
+            except grpc.aio.AioRpcError as exc:
+                self.stats.failed("ClassifyStream", exc.code().name, exc.details() or "")
+                await asyncio.sleep(0.05)
+            except TimeoutError:
+                self.stats.failed("ClassifyStream", "CLIENT_TIMEOUT", "no response in time")
+                call.cancel()
+
+    async def churn_caller(self, until: float, stop: asyncio.Event) -> None:
+        """A fresh channel (a new TCP connection) per call: connection set-up and tear-down must not leak."""
+        from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
+
+        while time.monotonic() < until and not stop.is_set():
+            started = time.monotonic()
+            request = self._classify_request()
+            try:
+                async with grpc.aio.insecure_channel(self.target) as channel:
+                    stub = pb_grpc.SentimentServiceStub(channel)  # type: ignore[no-untyped-call]
+                    await stub.Classify(request, timeout=self.timeout_s)
+                self.stats.ok("Classify(new channel)", time.monotonic() - started, len(request.texts))
+            except grpc.aio.AioRpcError as exc:
+                self.stats.failed("Classify(new channel)", exc.code().name, exc.details() or "")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CHURN_PERIOD_S)
+
+    async def run(self, concurrency: int, streams: int, duration_s: float, stop: asyncio.Event) -> list[Any]:
+        from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
+
+        until = time.monotonic() + duration_s
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = pb_grpc.SentimentServiceStub(channel)  # type: ignore[no-untyped-call]
+            callers = [self.stream_caller(stub, until, stop) for _ in range(streams)]
+            callers += [self.unary_caller(stub, until, stop) for _ in range(concurrency - streams)]
+            callers.append(self.churn_caller(until, stop))
+            return await asyncio.gather(*callers, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Soak:
+    args: argparse.Namespace
+    roles: Roles
+    stats: Stats = field(default_factory=Stats)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    started: float = 0.0
+    last_calls: int = 0
+    last_errors: int = 0
+
+    def sample(self, phase: str) -> dict[str, Any]:
+        now = time.monotonic()
+        latencies, self.stats.interval_s = self.stats.interval_s, []
+        row: dict[str, Any] = {
+            "t_s": round(now - self.started, 1),
+            "phase": phase,
+            "calls": self.stats.calls,
+            "errors": self.stats.errors,
+            "interval_calls": self.stats.calls - self.last_calls,
+            "interval_errors": self.stats.errors - self.last_errors,
+            "p50_ms": percentile_ms(latencies, 50),
+            "p99_ms": percentile_ms(latencies, 99),
+            "processes": {},
+        }
+        self.last_calls, self.last_errors = self.stats.calls, self.stats.errors
+        for name, pids in self.roles.groups().items():
+            stats = proc_stats(pids)
+            row["processes"][name] = None if stats is None else {**stats.__dict__, "pid_list": pids}
+        self.samples.append(row)
+        self._print_row(row)
+        return row
+
+    def _print_row(self, row: dict[str, Any]) -> None:
+        if len(self.samples) == 1:
+            print(
+                f"{'t(s)':>6} {'phase':<7} {'calls':>8} {'err':>4} {'p50ms':>7} {'p99ms':>7}  "
+                + "  ".join(f"{name + ' MB/fds/thr':>26}" for name in self.roles.groups()),
+                flush=True,
+            )
+        cells = []
+        for name in self.roles.groups():
+            p = row["processes"].get(name)
+            cells.append(f"{'-':>26}" if p is None else f"{p['rss_kb'] / 1024:>14.1f}/{p['fds']:>5}/{p['threads']:>4}")
+        p50 = "-" if row["p50_ms"] is None else f"{row['p50_ms']:.1f}"
+        p99 = "-" if row["p99_ms"] is None else f"{row['p99_ms']:.1f}"
+        print(
+            f"{row['t_s']:>6.0f} {row['phase']:<7} {row['calls']:>8} {row['errors']:>4} {p50:>7} {p99:>7}  "
+            + "  ".join(cells),
+            flush=True,
+        )
+
+    async def sampler(self, done: asyncio.Event) -> None:
+        interval = self.args.interval_s
+        n = 1
+        while not done.is_set():
+            wait = self.started + n * interval - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), max(0.0, wait))
+            if done.is_set():
+                break
+            self.sample("load")
+            n += 1
+
+    async def run(self, target: str, texts: list[str]) -> bool:
+        """The load and the sampling; True when interrupted (Ctrl-C / SIGTERM)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def interrupted() -> None:
+            log.warning("interrupted: stopping the load")
+            self.stats.stopping = True
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupted)
+        self.started = time.monotonic()
+        self.sample("start")
+        done = asyncio.Event()
+        sampler = asyncio.create_task(self.sampler(done))
+        load = Load(target, texts, self.stats, self.args.timeout_s, self.args.seed)
+        outcomes = await load.run(self.args.concurrency, self.args.streams, self.args.duration_s, stop)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                self.stats.failed("caller", "CRASH", repr(outcome))
+        done.set()
+        await sampler
+        self.sample("end")
+        # The load's channel is closed: after a moment the front-end should be back to its idle fds.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 3.0)
+        self.sample("idle")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)  # asyncio puts back the defaults, SIG_DFL for SIGTERM:
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # shut-down must stay interruptible, not killable
+        return self.stats.stopping
+
+
+def growth(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, dict[str, Any]]:
+    """Per process group: first sample after the warm-up vs the last under load, and the slope per minute."""
+    steady = [s for s in samples if s["phase"] in ("load", "end") and s["t_s"] >= warmup_s]
+    out: dict[str, dict[str, Any]] = {}
+    if len(steady) < 2:
+        return out
+    names = {name for s in steady for name, p in s["processes"].items() if p is not None}
+    for name in sorted(names):
+        points = [(s["t_s"], s["processes"][name]) for s in steady if s["processes"].get(name)]
+        if len(points) < 2:
+            continue
+        t = np.array([p[0] for p in points]) / 60.0
+        entry: dict[str, Any] = {"samples": len(points), "from_s": points[0][0], "to_s": points[-1][0]}
+        for metric, scale in (
+            ("rss_kb", 1 / 1024),
+            ("rss_anon_kb", 1 / 1024),
+            ("rss_shmem_kb", 1 / 1024),
+            ("fds", 1.0),
+            ("threads", 1.0),
+        ):
+            y = np.array([p[1][metric] for p in points], dtype=float) * scale
+            key = metric.replace("_kb", "_mb")
+            slope = float(np.polyfit(t, y, 1)[0]) if len(set(t)) > 1 else 0.0
+            entry[key] = {
+                "first": round(float(y[0]), 2),
+                "last": round(float(y[-1]), 2),
+                "max": round(float(y.max()), 2),
+                "growth": round(float(y[-1] - y[0]), 2),
+                "slope_per_min": round(slope, 3),
+            }
+        out[name] = entry
+    return out
+
+
+def print_growth(table: dict[str, dict[str, Any]], warmup_s: float) -> None:
+    if not table:
+        print("not enough samples after the warm-up for a growth table")
+        return
+    print(f"\ngrowth after the {warmup_s:.0f} s warm-up (first sample after it vs last; slope = least squares)")
+    header = (
+        f"{'process':<13} {'RSS first MB':>12} {'last MB':>9} {'growth MB':>10} {'MB/min':>8} "
+        f"{'anon MB/min':>11} {'shmem MB/min':>12} {'fds first':>9} {'last':>5} {'growth':>6} {'fds/min':>8} "
+        f"{'threads':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, e in table.items():
+        r, f, th = e["rss_mb"], e["fds"], e["threads"]
+        anon, shmem = e["rss_anon_mb"]["slope_per_min"], e["rss_shmem_mb"]["slope_per_min"]
+        print(
+            f"{name:<13} {r['first']:>12.1f} {r['last']:>9.1f} {r['growth']:>+10.1f} {r['slope_per_min']:>+8.3f} "
+            f"{anon:>+11.3f} {shmem:>+12.3f} {f['first']:>9.0f} {f['last']:>5.0f} {f['growth']:>+6.0f} "
+            f"{f['slope_per_min']:>+8.3f} {th['first']:>4.0f}->{th['last']:<4.0f}"
+        )
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def corpus_texts(tokenizer_json: Path | None) -> list[str]:
+    """bench/corpus.py's `mixed` workload (10-256 tokens) plus a few odd texts."""
+    texts: list[str] = list(ODD_TEXTS)
+    if tokenizer_json is not None:
+        from corpus import build  # bench/ is on the path: `python bench/soak.py`, like run.py
+
+        texts += list(build("mixed", tokenizer_json, size=512).texts)
+    else:  # a remote target: no tokenizer here, plain sentences of varied length
+        rng = random.Random(1)
+        words = ["the", "movie", "was", "good", "bad", "great", "awful", "fine", "boring", "not", "very"]
+        texts += [" ".join(rng.choice(words) for _ in range(rng.randint(3, 200))) for _ in range(512)]
+    return texts
+
+
+def build_repository(root: Path, full_size: bool, torch_threads: int) -> Path:
+    from sentiment_server.checkpoints import build_tiny_checkpoint
+    from sentiment_server.export import export_model
+
+    log.info("building a %s checkpoint and exporting it", "full-size" if full_size else "tiny")
+    checkpoint = build_tiny_checkpoint(root / "checkpoint", full_size=full_size)
+    repository = root / "model_repository"
+    export_model(str(checkpoint), repository, model_name=MODEL_NAME, torch_threads=torch_threads)
+    return repository
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM during set-up: unwind, so every `finally` stops its process
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--duration-s", type=float, default=600.0, help="length of the load (default 600)")
+    p.add_argument("--concurrency", type=int, default=16, help="closed-loop callers, streams included (16)")
+    p.add_argument("--streams", type=int, default=2, help="callers that use ClassifyStream (2)")
+    p.add_argument("--target", help="host:port of a running front-end (default: start one here)")
+    p.add_argument("--frontend-pid", type=int, help="with --target: sample this front-end process")
+    p.add_argument("--triton-pid", type=int, help="with --target: sample this Triton process (and its stubs)")
+    p.add_argument("--full-size", action="store_true", help="a DistilBERT-base-sized model instead of a tiny one")
+    p.add_argument("--torch-threads", type=int, default=1, help="intra-op threads per Triton instance (1)")
+    p.add_argument("--serve-arg", action="append", default=[], help="extra flag for `serve` (repeatable)")
+    p.add_argument(
+        "--triton-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for Triton and its stubs, e.g. MALLOC_ARENA_MAX=2 (repeatable)",
+    )
+    p.add_argument("--interval-s", type=float, default=10.0, help="sampling interval (10)")
+    p.add_argument("--warmup-s", type=float, help="default: min(60, 10%% of the duration)")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="deadline of one call (30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.relative_to(ROOT)})")
+    args = p.parse_args(argv)
+    if not 0 <= args.streams < args.concurrency:
+        p.error("--streams must be at least 0 and less than --concurrency")
+    if args.duration_s <= 0 or args.interval_s <= 0:
+        p.error("--duration-s and --interval-s must be positive")
+    if (args.frontend_pid or args.triton_pid) and not args.target:
+        p.error("--frontend-pid/--triton-pid go with --target")
+    if any("=" not in item for item in args.triton_env):
+        p.error("--triton-env takes NAME=VALUE")
+    if args.triton_env and args.target:
+        p.error("--triton-env goes with a Triton started here (no --target)")
+    if args.warmup_s is None:
+        args.warmup_s = min(60.0, 0.1 * args.duration_s)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    front_log: Path | None = None
+    front_code: int | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.target:
+                target = args.target
+                roles = Roles(args.frontend_pid, args.triton_pid)
+                texts = corpus_texts(None)
+            else:
+                from procs import Processes
+                from sentiment_server.model_artifact import TOKENIZER_FILE, version_dir
+
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sentiment-soak-")))
+                repository = build_repository(tmp, args.full_size, args.torch_threads)
+                log_dir = Path(tempfile.mkdtemp(prefix="sentiment-soak-logs-"))  # kept: read it when calls fail
+                triton_env = dict(item.split("=", 1) for item in args.triton_env)
+                procs = stack.enter_context(
+                    Processes(repository, log_dir, serve_args=args.serve_arg, triton_env=triton_env)
+                )
+                assert procs.front is not None and procs.triton is not None
+                front = procs.front
+                target = front.target
+                roles = Roles(front.process.pid, procs.triton.pid)
+                front_log = front.log_path
+                texts = corpus_texts(version_dir(repository, MODEL_NAME) / TOKENIZER_FILE)
+                # Stopped in this order on the way out: front-end first, then Triton (Processes.close).
+                stack.callback(lambda: log.info("stopping the front-end (pid %s) and Triton", front.process.pid))
+            log.info(
+                "soak: %s for %.0f s, %d callers (%d streaming) + 1 reconnecting, sampled every %.0f s, warm-up %.0f s",
+                target,
+                args.duration_s,
+                args.concurrency,
+                args.streams,
+                args.interval_s,
+                args.warmup_s,
+            )
+            soak = Soak(args, roles)
+            load_avg_before = os.getloadavg()
+            interrupted = asyncio.run(soak.run(target, texts))
+            load_avg_after = os.getloadavg()
+        if not args.target:
+            front_code = front.process.returncode
+    except KeyboardInterrupt:
+        print("interrupted during set-up or shut-down; every process started here was stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    stats = soak.stats
+    elapsed = soak.samples[-2]["t_s"] if len(soak.samples) >= 2 else 0.0  # the "end" sample
+    table = growth(soak.samples, args.warmup_s)
+    print_growth(table, args.warmup_s)
+    log_warnings = []
+    if front_log is not None and front_log.exists():
+        log_warnings = [line for line in front_log.read_text(errors="replace").splitlines() if " WARNING " in line
+                        or " ERROR " in line or "Traceback" in line]  # fmt: skip
+    summary = {
+        "target": target,
+        "interrupted": interrupted,
+        "elapsed_s": elapsed,
+        "calls": stats.calls,
+        "errors": stats.errors,
+        "texts": stats.texts,
+        "calls_per_s": round(stats.calls / elapsed, 1) if elapsed else None,
+        "texts_per_s": round(stats.texts / elapsed, 1) if elapsed else None,
+        "p50_ms": percentile_ms(stats.all_s, 50),
+        "p99_ms": percentile_ms(stats.all_s, 99),
+        "max_ms": round(max(stats.all_s) * 1000, 1) if stats.all_s else None,
+        "by_code": dict(stats.by_code),
+        "by_kind": dict(stats.by_kind),
+        "cut_short_by_interrupt": dict(stats.after_stop),
+        "first_errors": stats.first_errors,
+        "growth": table,
+        "front_end_exit_code": front_code,
+        "front_end_log_warnings": log_warnings[:50],
+        "load_average_before": [round(x, 2) for x in load_avg_before],
+        "load_average_after": [round(x, 2) for x in load_avg_after],
+    }
+    idle, start = soak.samples[-1], soak.samples[0]
+    for name in ("front-end", "triton"):
+        a, b = start["processes"].get(name), idle["processes"].get(name)
+        if a and b:
+            summary[f"{name}_fds_idle_vs_start"] = [a["fds"], b["fds"]]
+    write_json(args.output, {"config": config, "cpus": os.cpu_count(), "summary": summary, "samples": soak.samples})
+    print(
+        f"\n{stats.calls} calls ({summary['calls_per_s']}/s, {stats.texts} texts), {stats.errors} errors "
+        f"{dict(stats.by_code)}; p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; "
+        f"front-end exit code {front_code}; {len(log_warnings)} warning lines in its log\nwrote {args.output}"
+    )
+    for line in stats.first_errors:
+        print("  " + line)
+    if stats.errors:
+        return 1
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
