@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Service, start_service
+from conftest import Service, sentiment_server, start_service
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
@@ -386,3 +386,40 @@ def test_cli_over_tls_with_api_key(tls_key_service: Service, pki: Pki) -> None:
     assert done.returncode == 2
     assert "UNAVAILABLE" in done.stderr
     assert time.monotonic() - started < 30
+
+
+# --------------------------------------------------------------------------- the channel to a remote Triton
+
+
+def test_front_end_reaches_a_triton_that_requires_mutual_tls(
+    pki: Pki, model_repository: Path, tmp_path: Path
+) -> None:
+    from sentiment_server.triton_process import EmbeddedTriton
+
+    triton_tls = (
+        "--grpc-use-ssl-mutual=true",
+        f"--grpc-server-cert={pki.server_cert}",
+        f"--grpc-server-key={pki.server_key}",
+        f"--grpc-root-cert={pki.ca}",
+    )
+    with EmbeddedTriton(model_repository, grpc_port=0, metrics_port=0, extra_args=triton_tls) as triton:
+        # Plaintext (or TLS without a client certificate) never sees the model ready.
+        refused = subprocess.run(
+            sentiment_server(
+                "serve", "--port", "0", "--model-repository", str(model_repository),
+                "--triton-url", triton.grpc_url, "--triton-tls-ca", str(pki.ca), "--startup-timeout-s", "3",
+            ),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode == 1
+        assert "has no ready model 'sentiment'" in refused.stderr
+
+        mtls = ("--triton-tls-ca", str(pki.ca), "--triton-tls-cert", str(pki.client_cert))
+        service = start_service(
+            model_repository, "sentiment", triton.grpc_url, tmp_path, *mtls, "--triton-tls-key", str(pki.client_key)
+        )
+        try:
+            with SentimentClient(service.target) as client:
+                assert client.classify(["over mutual TLS"]).results[0].label in {"NEGATIVE", "POSITIVE"}
+        finally:
+            assert service.stop() == 0
