@@ -29,7 +29,7 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
 # CPU torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 "${pip[@]}" install -c constraints.txt "torch==2.13.0"
-"${pip[@]}" install -c constraints.txt -e ./client -e "./server[export,embedded]" -r requirements-dev.txt
+"${pip[@]}" install -c constraints.txt -e ./client -e "./server[export,embedded,tracing]" -r requirements-dev.txt
 if command -v npm >/dev/null; then
   npm install --no-audit --no-fund --silent
 fi

@@ -25,7 +25,7 @@ def endpoint(url: str, *, ready: bool, output: str = "logits__0", fails: bool = 
     async def check_model(info: ModelInfo, timeout_s: float = 10.0) -> str:
         return output
 
-    async def infer(output_name, ids, mask, timeout_s, request_id=""):
+    async def infer(output_name, ids, mask, timeout_s, headers=None):
         e.calls += 1  # type: ignore[attr-defined]
         if fails:
             e.ready = False

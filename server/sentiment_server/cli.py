@@ -35,8 +35,10 @@ async def _wait_for_signal() -> None:
 
 
 async def _serve(settings: ServeSettings) -> None:
+    from . import tracing
     from .grpc_server import create_server
 
+    tracing.configure(settings.otel)
     front = await create_server(settings)
     print(f"sentiment-server: serving on {settings.host}:{front.port}", flush=True)
     await _wait_for_signal()

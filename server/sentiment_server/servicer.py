@@ -15,6 +15,7 @@ import grpc
 from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 
+from . import tracing
 from .admission import Admission
 from .errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ShuttingDown, TritonFailure, to_status
 from .metrics import Metrics
@@ -123,7 +124,10 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         try:
             if not self.accepting:
                 raise ShuttingDown("server is shutting down")
-            with self.admission.admit(texts):
+            with (
+                self.admission.admit(texts),
+                tracing.server_span(method, context.invocation_metadata() or (), rid),
+            ):
                 self.metrics.in_flight.inc()
                 try:
                     return await work(rid)

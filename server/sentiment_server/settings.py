@@ -91,6 +91,7 @@ class ServeSettings(ModelSettings):
     metrics_port: int = _opt(-1, "Prometheus /metrics port on the front-end host (-1 = off, 0 = any)")
     log_format: str = _opt("text", "log format", ("text", "json"))
     access_log: bool = _opt(False, "log every call: request id, method, status, texts, milliseconds")
+    otel: bool = _opt(False, "OpenTelemetry spans per call, trace context passed to Triton (OTEL_* configure export)")
     log_level: str = _opt("INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR"))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,8 +119,9 @@ class TritonEndpoint:
         input_ids: npt.NDArray[np.int64],
         attention_mask: npt.NDArray[np.int64],
         timeout_s: float,
-        request_id: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> npt.NDArray[np.float32]:
+        """`headers` travel as gRPC metadata (the W3C trace context, when tracing)."""
         if timeout_s <= 0:
             raise DeadlineExceeded("deadline exceeded before inference")
         ids = InferInput(INPUT_IDS, list(input_ids.shape), "INT64")
@@ -133,8 +135,8 @@ class TritonEndpoint:
                 [ids, mask],
                 model_version=self.model_version,
                 outputs=[InferRequestedOutput(output_name)],
-                request_id=request_id,
                 client_timeout=timeout_s,
+                headers=dict(headers) if headers else None,
             )
         except InferenceServerException as exc:
             converted = _convert(exc)
@@ -218,9 +220,9 @@ class TritonPool:
         input_ids: npt.NDArray[np.int64],
         attention_mask: npt.NDArray[np.int64],
         deadline: float,
-        request_id: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> npt.NDArray[np.float32]:
-        """`deadline` is a time.monotonic() instant."""
+        """`deadline` is a time.monotonic() instant; `headers` go to Triton as metadata."""
         tried: set[TritonEndpoint] = set()
         while True:
             endpoint = self._pick(tried)
@@ -229,7 +231,7 @@ class TritonPool:
             tried.add(endpoint)
             try:
                 return await endpoint.infer(
-                    self.output_name, input_ids, attention_mask, deadline - time.monotonic(), request_id
+                    self.output_name, input_ids, attention_mask, deadline - time.monotonic(), headers
                 )
             except BackendUnavailable:
                 if deadline - time.monotonic() <= 0:
