@@ -9,7 +9,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 run: bootstrap  ## export (or demo), embedded Triton, front-end on 127.0.0.1:50051
-	$(BIN)/sentiment-server up
+	$(BIN)/sentiment-server up $(ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check .
