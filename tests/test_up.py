@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, sentiment_server
+from sentiment_client import SentimentClient
 
 pytestmark = pytest.mark.triton
 
@@ -23,7 +24,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def test_up_serves_a_labelled_demo_model_without_the_hub(tmp_path: Path):
+def test_up_serves_a_labelled_demo_model_without_the_hub_then_the_real_one(tmp_path: Path, checkpoints):
     # A closed local port stands in for the Hub: the connection is refused at once.
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONUNBUFFERED": "1"}
     err_path = tmp_path / "up.err"
@@ -66,3 +67,23 @@ def test_up_serves_a_labelled_demo_model_without_the_hub(tmp_path: Path):
     while _pid_alive(triton_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _pid_alive(triton_pid)
+
+    # Next time, with a real (local) checkpoint: the demo model is replaced, not served again.
+    with err_path.open("w") as err:
+        up = subprocess.Popen(
+            sentiment_server(
+                "up", "--port", "0", "--model-repository", str(tmp_path / "repo"), "--checkpoint",
+                str(checkpoints["emotion3"]),
+            ),
+            stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        assert up.stdout is not None
+        match = re.search(r"serving on ([\d.]+:\d+)", up.stdout.readline())
+        assert match, err_path.read_text()[-3000:]
+        with SentimentClient(match.group(1)) as client:
+            info = client.model_info()
+    finally:
+        os.kill(up.pid, signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    assert not info.demo and list(info.labels) == ["anger", "joy", "calm"]

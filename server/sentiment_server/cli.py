@@ -9,10 +9,12 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .logging_setup import configure_logging
 from .settings import (
+    DEFAULT_CHECKPOINT,
     ExportSettings,
     ModelSettings,
     ServeSettings,
@@ -83,13 +85,26 @@ def _hub_unreachable(checkpoint: str) -> str | None:
 
 def _export_or_demo(settings: UpSettings) -> None:
     """Export the checkpoint; without the Hub (and no local checkpoint) fall back to a demo model."""
-    from .model_artifact import has_model
+    from .model_artifact import has_model, read_model_info
 
+    existing = None
     if has_model(settings.model_repository, settings.model_name):
-        return
+        existing = read_model_info(settings.model_repository, settings.model_name)
+        if not existing.demo and not settings.force:
+            # Serve what is there. A different --checkpoint goes through export, which refuses to replace a
+            # model silently (--force replaces it); the default checkpoint never displaces an exported model.
+            if settings.checkpoint not in (existing.source, DEFAULT_CHECKPOINT):
+                _export(settings)
+            return
     reason = _hub_unreachable(settings.checkpoint) if settings.offline_demo else None
     if reason is None:
-        _export(settings)
+        # A demo model is always replaced once the real checkpoint can be had.
+        _export(replace(settings, force=settings.force or bool(existing and existing.demo)))
+        return
+    if existing is not None:
+        log.warning(
+            "cannot reach the Hugging Face Hub for %r (%s): serving the DEMO model again", settings.checkpoint, reason
+        )
         return
     log.warning(
         "cannot reach the Hugging Face Hub for %r (%s): serving a DEMO model with random weights, "
