@@ -81,9 +81,9 @@ def test_up_serves_a_labelled_demo_model_without_the_hub_then_the_real_one(tmp_p
         assert up.stdout is not None
         match = re.search(r"serving on ([\d.]+:\d+)", up.stdout.readline())
         assert match, err_path.read_text()[-3000:]
-        with SentimentClient(match.group(1)) as client:
-            info = client.model_info()
+        with SentimentClient(match.group(1)) as sentiment:
+            served = sentiment.model_info()
     finally:
         os.kill(up.pid, signal.SIGINT)
         assert up.wait(timeout=60) == 0
-    assert not info.demo and list(info.labels) == ["anger", "joy", "calm"]
+    assert not served.demo and list(served.labels) == ["anger", "joy", "calm"]
