@@ -5,7 +5,11 @@ Words are whole-word entries of the uncased WordPiece vocabulary (ids 1996 to
 ([CLS] and [SEP]) and every path sees exactly the same token counts.
 
 - `short`: like the seed's sentences, 12 to 20 tokens (mean 16).
-- `mixed`: 10 to 256 tokens, uniform (mean about 133).
+- `mixed`: 10 to 256 tokens, uniform (mean 133).
+
+Lengths are drawn in shuffled blocks of 64 that each cover the whole range
+evenly, so any prefix (the in-process paths measure one) has the corpus's
+mix of lengths.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tokenizers import Tokenizer
 SEED = 20240611
 FIRST_WORD_ID, LAST_WORD_ID = 1996, 8000
 SPECIAL_TOKENS = 2  # [CLS] ... [SEP]
+BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -54,14 +59,25 @@ def _texts(words: list[str], lengths: list[int], rng: random.Random) -> list[str
     return texts
 
 
+def _stratified(rng: random.Random, low: int, high: int, count: int) -> list[int]:
+    """`count` lengths in [low, high]: each block of 64 spreads evenly over the range, shuffled."""
+    lengths: list[int] = []
+    while len(lengths) < count:
+        span = high - low + 1
+        block = [low + int((i + rng.random()) * span / BLOCK) for i in range(BLOCK)]
+        rng.shuffle(block)
+        lengths.extend(block)
+    return lengths[:count]
+
+
 def build(name: str, tokenizer_json: Path, size: int | None = None) -> Workload:
     """`short` or `mixed`; the same texts on every run and every machine."""
     rng = random.Random(f"{SEED}-{name}")
     words = vocabulary_words(tokenizer_json)
     if name == "short":
-        lengths = [rng.randint(12, 20) for _ in range(size or 2048)]
+        lengths = _stratified(rng, 12, 20, size or 2048)
     elif name == "mixed":
-        lengths = [rng.randint(10, 256) for _ in range(size or 1024)]
+        lengths = _stratified(rng, 10, 256, size or 1024)
     else:
         raise ValueError(f"unknown workload {name!r}")
     # One word fewer: the final "." is a token of its own.

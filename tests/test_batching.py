@@ -134,3 +134,137 @@ async def test_a_batch_whose_callers_all_left_cancels_its_triton_call():
     call.cancel()
     await asyncio.wait_for(cancelled.wait(), 1)
     await c.stop()
+
+
+# --------------------------------------------------------------------------- planning the groups
+
+
+def _cost(lengths, sizes, overhead):
+    total, start = 0, 0
+    for size in sizes:
+        total += overhead + size * lengths[start + size - 1]
+        start += size
+    return total
+
+
+def _cheapest(lengths, max_texts, max_tokens, overhead):
+    """Brute force over every way to cut the sorted list."""
+    import itertools
+
+    n = len(lengths)
+    best = None
+    for cuts in itertools.product((False, True), repeat=n - 1):
+        sizes, size = [], 1
+        for cut in cuts:
+            if cut:
+                sizes.append(size)
+                size = 1
+            else:
+                size += 1
+        sizes.append(size)
+        start, ok = 0, True
+        for s in sizes:
+            if s > 1 and (s > max_texts or s * lengths[start + s - 1] > max_tokens):
+                ok = False
+            start += s
+        if ok:
+            cost = _cost(lengths, sizes, overhead)
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_plan_groups_finds_the_cheapest_cut_within_the_limits(seed):
+    import random
+
+    from sentiment_server.batching import plan_groups
+
+    rng = random.Random(seed)
+    lengths = sorted(rng.randint(3, 60) for _ in range(rng.randint(1, 10)))
+    max_texts, max_tokens, overhead = rng.randint(1, 6), rng.randint(20, 200), rng.choice((0, 8, 32, 500))
+    sizes = plan_groups(lengths, max_texts=max_texts, max_tokens=max_tokens, overhead_tokens=overhead)
+    assert sum(sizes) == len(lengths) and all(s >= 1 for s in sizes)
+    start = 0
+    for s in sizes:
+        assert s == 1 or (s <= max_texts and s * lengths[start + s - 1] <= max_tokens)
+        start += s
+    assert _cost(lengths, sizes, overhead) == _cheapest(lengths, max_texts, max_tokens, overhead)
+
+
+def test_plan_groups_trades_padding_against_passes():
+    from sentiment_server.batching import plan_groups
+
+    lengths = [10, 10, 11, 12, 100, 101, 250]
+    # Passes cost nothing: no padding at all is cheapest.
+    assert plan_groups(lengths, max_texts=64, max_tokens=10_000, overhead_tokens=0) == [2, 1, 1, 1, 1, 1]
+    # Passes cost a lot (a GPU): one group, padding and all.
+    assert plan_groups(lengths, max_texts=64, max_tokens=10_000, overhead_tokens=5000) == [7]
+    # In between: short ones together, long ones apart.
+    assert plan_groups(lengths, max_texts=64, max_tokens=10_000, overhead_tokens=32) == [4, 2, 1]
+    assert plan_groups([], max_texts=8, max_tokens=100, overhead_tokens=32) == []
+
+
+def test_the_python_model_plans_like_the_coalescer():
+    """triton_python_model.py keeps its own copy (it imports nothing from sentiment_server)."""
+    import ast
+    import random
+    from pathlib import Path
+
+    from sentiment_server import batching
+
+    source = (Path(batching.__file__).with_name("triton_python_model.py")).read_text()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "plan_groups")
+    namespace: dict[str, object] = {}
+    exec(compile(ast.Module([node], []), "triton_python_model.py", "exec"), namespace)
+    copy = namespace["plan_groups"]
+    rng = random.Random(7)
+    for _ in range(200):
+        lengths = sorted(rng.randint(1, 300) for _ in range(rng.randint(0, 40)))
+        args = (rng.randint(1, 64), rng.randint(1, 5000), rng.choice((0, 16, 32, 64, 4096)))
+        expected = batching.plan_groups(lengths, max_texts=args[0], max_tokens=args[1], overhead_tokens=args[2])
+        assert copy(lengths, *args) == expected  # type: ignore[operator]
+
+
+# --------------------------------------------------------------------------- waiting for a batch to fill
+
+
+async def test_a_lone_caller_never_waits_for_company():
+    c = Coalescer(RecordingInfer(), pad_token_id=0, max_batch_texts=64, max_batch_tokens=10_000, max_wait_s=0.5)
+    c.start()
+    started = time.monotonic()
+    for i in range(3):
+        await c.submit([seq(1, i)], far())
+    await c.stop()
+    assert time.monotonic() - started < 0.25  # three calls, none waited the 0.5 s
+
+
+async def test_while_the_model_is_busy_the_next_batch_waits_to_fill():
+    infer = RecordingInfer(delay=0.3)
+    c = Coalescer(
+        infer, pad_token_id=0, max_batch_texts=64, max_batch_tokens=10_000, max_wait_s=0.1, max_concurrent_batches=2
+    )
+    c.start()
+    first = asyncio.ensure_future(c.submit([seq(1)], far()))  # busy for 0.3 s
+    await asyncio.sleep(0.01)
+    trickle = []
+    for i in range(5):  # arrive one by one, 10 ms apart, while the first batch runs
+        trickle.append(asyncio.ensure_future(c.submit([seq(2, i)], far())))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(first, *trickle)
+    await c.stop()
+    assert infer.calls == [(1, 1), (5, 2)]  # one batch for the five, not five batches
+
+
+async def test_the_wait_ends_when_nothing_is_in_flight():
+    infer = RecordingInfer(delay=0.05)
+    c = Coalescer(
+        infer, pad_token_id=0, max_batch_texts=64, max_batch_tokens=10_000, max_wait_s=5.0, max_concurrent_batches=2
+    )
+    c.start()
+    first = asyncio.ensure_future(c.submit([seq(1)], far()))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await c.submit([seq(2, 3)], far())  # lingers while the first runs, then leaves when it is done
+    await first
+    await c.stop()
+    assert time.monotonic() - started < 1.0

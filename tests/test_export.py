@@ -321,7 +321,7 @@ def test_config_pbtxt_is_a_valid_triton_model_config(
     parameters = {k: v.string_value for k, v in config.parameters.items()}
     if backend == "python":
         assert all(i.allow_ragged_batch for i in config.input)  # model.py pads per batch
-        assert parameters == {"torch_num_threads": "0", "dtype": "fp32"}
+        assert parameters == {"torch_num_threads": "0", "dtype": "fp32", "batch_overhead_tokens": "32"}
     else:
         assert not any(i.allow_ragged_batch for i in config.input)  # libtorch would concatenate
         assert parameters == {

@@ -2,11 +2,21 @@
 
 Triton's dynamic batcher only merges requests of the same shape, so
 variable-length traffic would never batch there. Here every text waits in one
-queue; when a batch slot is free the queue's head (up to `max_batch_texts`) is
-taken, sorted by length and cut into groups whose padded size stays within
-`max_batch_tokens`, so padding wastes little compute. Results go back to each
-caller in its own order. While all slots are busy the queue fills, so batches
-grow with load without a fixed wait (`max_wait_s` can add one).
+queue. When a batch slot is free (`max_concurrent_batches` Triton requests in
+flight per endpoint: one per model instance keeps Triton's own queue empty,
+so it never piles several requests onto one instance), the queue's head (up
+to `max_batch_texts`) is sorted by length and cut into the groups that waste
+the least compute on padding (`plan_groups`, each within `max_batch_tokens`);
+the group holding the oldest text leaves as one Triton request, the others go
+back to the queue and are planned again, with the newcomers, when the next
+slot frees. Results go back to each caller in its own order.
+
+While all slots are busy the queue fills, so batches grow with load without a
+fixed wait. When a slot frees while another batch is still running and less
+than a pass's worth of work is queued, the batch waits up to `max_wait_s` for
+more texts (the callers of the batch that just finished send their next texts
+a moment later); with nothing in flight it leaves at once, so a lone caller
+never waits.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +35,42 @@ from .tokenization import IdArray, pad_batch
 
 Logits = npt.NDArray[np.float32]
 InferFn = Callable[[IdArray, IdArray, float], Awaitable[Logits]]  # (ids, mask, monotonic deadline)
+
+# What one forward pass costs beyond its padded tokens, in tokens: reading
+# every weight once and launching every op. Measured for DistilBERT on CPU
+# (2 cores): a pass of n texts padded to L tokens takes about (32 + n*L)
+# token-times. On a GPU a pass is nearly free per token and costly per launch:
+# use thousands there, so that each take stays one group.
+BATCH_OVERHEAD_TOKENS = int(__import__("os").environ.get("XEXP_OVERHEAD", "32"))  # XEXP
+# Queued tokens that make waiting for company pointless: a pass this size
+# spends about a tenth of its time on the fixed overhead.
+FILL_TOKENS_PER_OVERHEAD = 8
+
+
+def plan_groups(lengths: Sequence[int], *, max_texts: int, max_tokens: int, overhead_tokens: int) -> list[int]:
+    """Cut texts sorted by length into consecutive groups of least total cost; returns the group sizes.
+
+    A group of n texts runs padded to its longest, L, and costs
+    `overhead_tokens + n * L`. Each group holds at most `max_texts` texts and
+    `max_tokens` padded tokens (a single text always fits). Dynamic
+    programming over the cut points: O(len(lengths) * max_texts).
+    """
+    count = len(lengths)
+    best = [0.0] + [float("inf")] * count  # best[j]: cheapest cost of the first j texts
+    cut = [0] * (count + 1)
+    for j in range(1, count + 1):
+        longest = lengths[j - 1]
+        fits = max(1, min(max_texts, max_tokens // max(1, longest)))
+        for i in range(max(0, j - fits), j):
+            cost = best[i] + overhead_tokens + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    sizes: list[int] = []
+    j = count
+    while j > 0:
+        sizes.append(j - cut[j])
+        j = cut[j]
+    return sizes[::-1]
 
 
 def _current_task_cancelling() -> bool:
@@ -68,6 +114,7 @@ class Coalescer:
         max_batch_tokens: int,
         max_wait_s: float = 0.0,
         max_concurrent_batches: int = 2,
+        batch_overhead_tokens: int = BATCH_OVERHEAD_TOKENS,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self._infer = infer
@@ -76,11 +123,13 @@ class Coalescer:
         self._max_tokens = max(1, max_batch_tokens)
         self._max_wait = max(0.0, max_wait_s)
         self._slots = asyncio.Semaphore(max(1, max_concurrent_batches))
+        self._overhead = max(0, batch_overhead_tokens)
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # batches dispatched and not finished
 
     @property
     def queued_texts(self) -> int:
@@ -106,9 +155,25 @@ class Coalescer:
         now = time.monotonic()
         items = [_Pending(seq, deadline, now, loop.create_future()) for seq in sequences]
         self._queue.extend(items)
-        self._wakeup.set()
+        idle = not self._in_flight and len(self._queue) == len(items) and not self._slots.locked()
         try:
-            rows = await asyncio.gather(*(item.future for item in items))
+            if idle:
+                # Nothing else queued or in flight: plan and send from here, without
+                # waking the coalescer's task (saves event-loop hops for a lone caller).
+                await self._slots.acquire()  # free: returns without suspending
+                group = self._take()
+                if self._queue:
+                    self._wakeup.set()  # texts of this request left for later batches
+                if group:
+                    self._start(group)
+                else:  # expired before it was sent
+                    self._slots.release()
+            else:
+                self._wakeup.set()
+            if len(items) == 1:
+                rows = [await items[0].future]
+            else:
+                rows = await asyncio.gather(*(item.future for item in items))
         except BaseException:
             for item in items:  # a cancelled caller's texts are skipped, not sent
                 item.future.cancel()
@@ -126,20 +191,38 @@ class Coalescer:
                 await self._wakeup.wait()
                 continue
             await self._slots.acquire()
-            if self._max_wait > 0:
+            if self._max_wait > 0 and self._in_flight:
                 await self._linger()
-            groups = self._take()
-            if not groups:
+            group = self._take()
+            if not group:
                 self._slots.release()
                 continue
-            task = asyncio.get_running_loop().create_task(self._dispatch(groups))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+            self._start(group)
+
+    def _start(self, group: list[_Pending]) -> None:
+        """Send `group` as one Triton request; the slot held for it is released when it is done."""
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._dispatch(group))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    def _queued_tokens(self, enough: int) -> int:
+        total = 0
+        for item in self._queue:
+            total += len(item.ids)
+            if total >= enough:
+                break
+        return total
 
     async def _linger(self) -> None:
-        """Wait up to max_wait after the oldest text for the batch to fill."""
-        until = self._queue[0].enqueued + self._max_wait if self._queue else 0.0
-        while len(self._queue) < self._max_texts:
+        """While another batch runs, wait up to max_wait for this one to fill.
+
+        Stops early when a pass's worth of tokens is queued, or when nothing is
+        in flight any more (the model would otherwise sit idle).
+        """
+        until = time.monotonic() + self._max_wait
+        enough = FILL_TOKENS_PER_OVERHEAD * max(1, self._overhead)
+        while self._in_flight and len(self._queue) < self._max_texts and self._queued_tokens(enough) < enough:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return
@@ -149,10 +232,10 @@ class Coalescer:
             except TimeoutError:
                 return
 
-    def _take(self) -> list[list[_Pending]]:
-        """Take the queue's head and cut it, sorted by length, into groups within the token budget."""
+    def _take(self) -> list[_Pending]:
+        """Plan the queue's head; take the group holding the oldest text, put the rest back."""
         now = time.monotonic()
-        taken: list[_Pending] = []
+        taken: list[_Pending] = []  # in arrival order
         while self._queue and len(taken) < self._max_texts:
             item = self._queue.popleft()
             if item.future.done():
@@ -161,20 +244,33 @@ class Coalescer:
                 item.future.set_exception(DeadlineExceeded("deadline exceeded while queued"))
                 continue
             taken.append(item)
-        taken.sort(key=lambda item: len(item.ids))
-        groups: list[list[_Pending]] = []
-        for item in taken:
-            if groups and (len(groups[-1]) + 1) * len(item.ids) <= self._max_tokens:
-                groups[-1].append(item)
-            else:
-                groups.append([item])
-        return groups
+        if not taken:
+            return []
+        oldest = taken[0]
+        by_length = sorted(taken, key=lambda item: len(item.ids))
+        sizes = plan_groups(
+            [len(item.ids) for item in by_length],
+            max_texts=self._max_texts,
+            max_tokens=self._max_tokens,
+            overhead_tokens=self._overhead,
+        )
+        start = 0
+        for size in sizes:
+            group = by_length[start : start + size]
+            if any(item is oldest for item in group):
+                break
+            start += size
+        chosen = {id(item) for item in group}
+        self._queue.extendleft(reversed([item for item in taken if id(item) not in chosen]))
+        return group
 
-    async def _dispatch(self, groups: list[list[_Pending]]) -> None:
+    async def _dispatch(self, group: list[_Pending]) -> None:
         try:
-            await asyncio.gather(*(self._run_group(group) for group in groups))
+            await self._run_group(group)
         finally:
+            self._in_flight -= 1
             self._slots.release()
+            self._wakeup.set()  # a lingering batch stops waiting once nothing is in flight
 
     async def _run_group(self, group: list[_Pending]) -> None:
         live = [item for item in group if not item.future.done()]

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .batching import BATCH_OVERHEAD_TOKENS
 from .model_artifact import (
     ATTENTION_MASK,
     BACKENDS,
@@ -614,6 +615,10 @@ def render_config(
     kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
     if backend == "python":
         parameters = {"torch_num_threads": str(torch_threads), "dtype": dtype}
+        if device == "cpu":
+            # model.py sorts the rows of merged requests by length and plans its
+            # forward passes with the coalescer's cost model (on a GPU: one pass).
+            parameters["batch_overhead_tokens"] = str(BATCH_OVERHEAD_TOKENS)
     else:
         parameters = {
             # Autograd off (the default since 23.x; stated for older releases).

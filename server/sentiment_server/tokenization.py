@@ -61,7 +61,11 @@ class TextTokenizer:
 
     def encode(self, texts: list[str], max_length: int = 0, with_tokens: bool = False) -> list[EncodedText]:
         tok = self._tokenizer(self.resolve_max_length(max_length))
-        encodings: list[Encoding] = tok.encode_batch(texts, add_special_tokens=True)
+        encodings: list[Encoding] = (
+            [tok.encode(texts[0], add_special_tokens=True)]  # no trip through the parallel batch machinery
+            if len(texts) == 1
+            else tok.encode_batch(texts, add_special_tokens=True)
+        )
         return [
             EncodedText(
                 ids=np.asarray(e.ids, dtype=np.int64),

@@ -5,10 +5,13 @@ Python backend stub, where `triton_python_backend_utils` exists; it imports
 nothing from `sentiment_server`, so the stub needs only torch and numpy.
 
 One execute() call gets every request the dynamic batcher gathered (the
-inputs allow ragged batches, so their lengths may differ): they are
-right-padded to the longest and run in ONE forward pass, then the logits are
-split back per request. A bad request gets its own error response; it never
-fails the others or crashes the stub.
+inputs allow ragged batches, so their lengths may differ). Their rows are
+sorted by length and cut into forward passes that waste the least compute on
+padding (`plan_groups`, the same cost model as the front-end's coalescer:
+a pass costs `batch_overhead_tokens` plus its padded tokens); without that
+parameter (GPU) they run right-padded to the longest in ONE pass. The logits
+go back to each request in its own row order. A bad request gets its own
+error response; it never fails the others or crashes the stub.
 """
 
 import json
@@ -25,6 +28,31 @@ ATTENTION_MASK = "attention_mask"
 DEFAULT_OUTPUT = "logits__0"
 MODEL_FILE = "model.pt"
 INFO_FILE = "model_info.json"
+MAX_PASS_TOKENS = 4096  # padded tokens per forward pass when passes are planned (CPU caches)
+
+
+def plan_groups(lengths, max_texts, max_tokens, overhead_tokens):
+    """Group sizes for texts sorted by length: least `overhead + n * longest` in total.
+
+    A copy of sentiment_server.batching.plan_groups (this file imports nothing
+    from sentiment_server); tests check that the two agree.
+    """
+    count = len(lengths)
+    best = [0.0] + [float("inf")] * count
+    cut = [0] * (count + 1)
+    for j in range(1, count + 1):
+        longest = lengths[j - 1]
+        fits = max(1, min(max_texts, max_tokens // max(1, longest)))
+        for i in range(max(0, j - fits), j):
+            cost = best[i] + overhead_tokens + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    sizes = []
+    j = count
+    while j > 0:
+        sizes.append(j - cut[j])
+        j = cut[j]
+    return sizes[::-1]
 
 
 class _BadRequest(ValueError):
@@ -58,6 +86,8 @@ class TritonPythonModel:
         threads = int(_parameter(config, "torch_num_threads", "0"))
         if threads > 0:
             torch.set_num_threads(threads)
+        # Below 0: one pass per execute(), padded to the longest row.
+        self.overhead_tokens = int(_parameter(config, "batch_overhead_tokens", "-1"))
 
         kind = args.get("model_instance_kind", "CPU")
         if kind == "GPU":
@@ -128,22 +158,40 @@ class TritonPythonModel:
         return ids, mask
 
     def _forward(self, ids_list, mask_list):
-        """Right-pad, run one forward pass, split the logits back (numpy float32)."""
-        # Columns past the last attended token change nothing: drop them.
-        lengths = [int(np.flatnonzero(m.any(axis=0))[-1]) + 1 for m in mask_list]
-        width = max(lengths)
-        rows = [ids.shape[0] for ids in ids_list]
-        ids = np.full((sum(rows), width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((sum(rows), width), dtype=np.int64)
-        start = 0
-        for part_ids, part_mask, n, length in zip(ids_list, mask_list, rows, lengths, strict=True):
-            ids[start : start + n, :length] = part_ids[:, :length]
-            mask[start : start + n, :length] = part_mask[:, :length]
-            start += n
+        """Run the rows of every request (sorted and grouped, or in one pass); logits per request (float32)."""
+        if len(ids_list) == 1:
+            ids, mask = ids_list[0], mask_list[0]
+        else:  # ragged requests: right-pad to the widest
+            widest = max(part.shape[1] for part in ids_list)
+            ids = np.full((sum(part.shape[0] for part in ids_list), widest), self.pad_token_id, dtype=np.int64)
+            mask = np.zeros_like(ids)
+            start = 0
+            for part_ids, part_mask in zip(ids_list, mask_list, strict=True):
+                ids[start : start + len(part_ids), : part_ids.shape[1]] = part_ids
+                mask[start : start + len(part_ids), : part_ids.shape[1]] = part_mask
+                start += len(part_ids)
+        # A row's length: up to its last attended token; columns past it change nothing.
+        lengths = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
+        if self.overhead_tokens < 0:
+            passes = [np.arange(len(lengths))]
+        else:
+            order = np.argsort(lengths, kind="stable")
+            sizes = plan_groups(lengths[order].tolist(), len(order), MAX_PASS_TOKENS, self.overhead_tokens)
+            passes = np.split(order, np.cumsum(sizes)[:-1])
+        logits = None
+        for rows in passes:
+            width = int(lengths[rows].max())
+            out = self._run(ids[rows, :width], mask[rows, :width])
+            if logits is None:
+                logits = np.empty((len(lengths), out.shape[1]), dtype=np.float32)
+            logits[rows] = out
+        return np.split(logits, np.cumsum([len(i) for i in ids_list])[:-1])
+
+    def _run(self, ids, mask):
+        ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
+        mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)).to(self.device)
         with torch.inference_mode(), torch.jit.optimized_execution(False):
-            logits = self.model(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
-        logits = logits.float().cpu().numpy()
-        return np.split(logits, np.cumsum(rows)[:-1])
+            return self.model(ids, mask).float().cpu().numpy()
 
     def execute(self, requests):
         responses = [None] * len(requests)

@@ -1,0 +1,100 @@
+"""The two in-process paths (no server): the model's own limit, and the seed's way.
+
+- `limit`: the exported TorchScript `model.pt` (the very file Triton runs),
+  called with ready-made tensors at each candidate batch size; texts sorted
+  by length, so batches carry almost no padding. Tokenizing is left out: it
+  is the model's limit, the best any server could do.
+- `pipeline`: `transformers.pipeline("text-classification")` on the fp32
+  checkpoint, with each candidate `batch_size`, texts in corpus order (what
+  the seed does).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from corpus import Workload
+from load import Measurement, timed_batches
+from tokenizers import Tokenizer
+
+log = logging.getLogger("bench")
+
+
+@dataclass
+class Best:
+    batch_size: int
+    measurement: Measurement
+    tried: dict[int, float]  # batch size -> sentences/s
+    padding: float | None = None  # padded share of the tokens at the best batch size
+
+
+def _pick(results: dict[int, Measurement], padding: dict[int, float] | None = None) -> Best:
+    size = max(results, key=lambda b: results[b].sentences_per_s)
+    tried = {b: round(m.sentences_per_s, 1) for b, m in results.items()}
+    return Best(size, results[size], tried, padding[size] if padding else None)
+
+
+def limit(
+    model_pt: Path, tokenizer_json: Path, workload: Workload, batch_sizes: Sequence[int], sample: int, min_s: float
+) -> Best:
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = torch.jit.load(str(model_pt), map_location=device).eval()
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    encoded = sorted((e.ids for e in tok.encode_batch(list(workload.texts[:sample]))), key=len)
+    results: dict[int, Measurement] = {}
+    padding: dict[int, float] = {}
+    for size in batch_sizes:
+        batches = []
+        for start in range(0, len(encoded), size):
+            group = encoded[start : start + size]
+            width = max(len(ids) for ids in group)
+            ids = torch.zeros((len(group), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, seq in enumerate(group):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            batches.append((ids.to(device), mask.to(device)))
+        padding[size] = 1 - sum(int(m.sum()) for _, m in batches) / sum(m.numel() for _, m in batches)
+
+        def run(index: int, batches: list[tuple[torch.Tensor, torch.Tensor]] = batches) -> int:
+            ids, mask = batches[index]
+            model(ids, mask).cpu()  # the logits in host memory, as a server needs them
+            return int(ids.shape[0])
+
+        with torch.inference_mode(), torch.jit.optimized_execution(False):  # type: ignore[attr-defined]
+            for index in range(len(batches)):  # every shape once: first calls pay for kernel set-up
+                run(index)
+            results[size] = timed_batches(run, len(batches), min_s)
+        log.info("  limit %s batch %d: %.1f/s", workload.name, size, results[size].sentences_per_s)
+    return _pick(results, padding)
+
+
+def pipeline(checkpoint: Path, workload: Workload, batch_sizes: Sequence[int], sample: int, min_s: float) -> Best:
+    import torch
+    from transformers import pipeline as hf_pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = hf_pipeline("text-classification", model=str(checkpoint), device=device, dtype=torch.float32)
+    texts = list(workload.texts[:sample])
+    results: dict[int, Measurement] = {}
+    for size in batch_sizes:
+        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+
+        def run(index: int, chunks: list[list[str]] = chunks, size: int = size) -> int:
+            pipe(chunks[index], batch_size=size, truncation=True)
+            return len(chunks[index])
+
+        run(0)
+        results[size] = timed_batches(run, len(chunks), min_s)
+        log.info("  pipeline %s batch_size %d: %.1f/s", workload.name, size, results[size].sentences_per_s)
+    return _pick(results)

@@ -1,0 +1,109 @@
+"""What machine a run was on, and how much of it other people's processes took meanwhile."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def describe() -> dict[str, object]:
+    import torch
+
+    flags = cpu_flags()
+    info: dict[str, object] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "bf16_hardware": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def default_dtype() -> str:
+    """fp16 on a GPU; bf16 where the CPU multiplies bf16 matrices natively (AMX); else fp32.
+
+    AVX512-BF16 alone (no AMX) does not pay: its dot-product instruction has
+    the fp32 FMA's throughput, and the conversions make bf16 GEMMs slower than
+    fp32 ones (measured here: about 0.55x per core).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return "fp16"
+    return "bf16" if "amx_bf16" in cpu_flags() else "fp32"
+
+
+def _busy_ticks() -> tuple[int, int]:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(x) for x in fields[:8]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def _process_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+@dataclass
+class CpuShare:
+    """CPU cores in use during a measurement: ours (bench + Triton + front-end) and everybody else's."""
+
+    busy_cores: float
+    ours_cores: float
+
+    @property
+    def foreign_cores(self) -> float:
+        return max(0.0, self.busy_cores - self.ours_cores)
+
+
+class CpuMonitor:
+    """Samples /proc around a measurement; `pids()` names our processes (read at start and end)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = [os.getpid(), *pids]
+
+    def __enter__(self) -> CpuMonitor:
+        self._t0 = time.monotonic()
+        self._busy0, _ = _busy_ticks()
+        self._ours0 = {pid: _process_ticks(pid) for pid in self.pids}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = max(1e-6, time.monotonic() - self._t0)
+        busy1, _ = _busy_ticks()
+        ours = sum(max(0, _process_ticks(pid) - t0) for pid, t0 in self._ours0.items())
+        self.share = CpuShare((busy1 - self._busy0) / _TICKS / elapsed, ours / _TICKS / elapsed)

@@ -1,0 +1,328 @@
+"""Side-by-side throughput and latency benchmark: `python bench/run.py [--quick]`.
+
+One run, one machine, one model (full-size DistilBERT, random weights):
+
+  limit            the exported TorchScript model in-process, best batch size, no server
+  pipeline         transformers.pipeline("text-classification"), fp32, best batch_size (the seed's way)
+  triton_direct    tritonclient straight to the same Triton (client tokenizes, one text or 32 per call)
+  service_unary    this service's Classify, one text per call, concurrency 1, 16, 64
+  service_batch    Classify with 32 texts per call
+  service_stream   ClassifyStream, one text per message, 64 messages in flight
+
+on two workloads (`short`: about 16 tokens; `mixed`: 10 to 256 tokens). Writes
+bench/results/latest.{json,md,png}. Everything it starts (embedded Triton, the
+front-end) listens on 127.0.0.1 and is stopped by pid on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import corpus
+import inprocess
+import machine
+import models
+import report
+from clients import Service, TritonDirect, interleaved_c1
+from load import Measurement
+from procs import Processes
+from report import Row
+
+log = logging.getLogger("bench")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how much to measure. Windows scale with the model's speed (see `window`)."""
+
+    name: str
+    limit_batches: dict[str, tuple[int, ...]]
+    limit_sample: dict[str, int]
+    pipeline_batches: dict[str, tuple[int, ...]]
+    pipeline_sample: dict[str, int]
+    min_measure_s: float  # shortest measurement window
+    turns: float  # window >= this many times one call's expected latency
+    c1_rounds: int  # alternations of Triton direct / service at concurrency 1
+    c1_measure_s: float
+    unary_concurrency: tuple[int, ...] = (1, 16, 64)
+    batch_texts: int = 32
+    batch_concurrency: int = 2
+    stream_window: int = 64
+    direct_concurrency: tuple[int, ...] = (1, 64)
+    other_dtypes: tuple[str, ...] = ()  # limit + service c64 in these too
+    skip: frozenset[str] = field(default_factory=frozenset)  # "workload:cell" left out
+
+
+QUICK = Plan(
+    name="quick",
+    limit_batches={"short": (16, 32, 64), "mixed": (4, 16)},
+    limit_sample={"short": 256, "mixed": 64},
+    pipeline_batches={"short": (32,), "mixed": (1, 8)},
+    pipeline_sample={"short": 128, "mixed": 24},
+    min_measure_s=3.0,
+    turns=2.0,
+    c1_rounds=2,
+    c1_measure_s=1.5,
+    skip=frozenset({"mixed:service_unary:16", "mixed:triton_batch"}),
+)
+FULL = Plan(
+    name="full",
+    limit_batches={"short": (8, 16, 32, 64, 128), "mixed": (1, 4, 8, 16, 32)},
+    limit_sample={"short": 512, "mixed": 128},
+    pipeline_batches={"short": (1, 8, 32, 64), "mixed": (1, 4, 8, 32)},
+    pipeline_sample={"short": 256, "mixed": 64},
+    min_measure_s=8.0,
+    turns=4.0,
+    c1_rounds=4,
+    c1_measure_s=3.0,
+    other_dtypes=("bf16",),
+)
+
+
+def window(plan: Plan, rate: float, in_flight: int) -> tuple[float, float]:
+    """(warm-up, measure) seconds: the warm-up covers one call's expected latency at `rate` sentences/s."""
+    latency = in_flight / max(rate, 1e-3)
+    return max(1.0, 1.2 * latency), max(plan.min_measure_s, plan.turns * latency)
+
+
+class Cell:
+    """CPU share and front-end metrics around one measurement."""
+
+    def __init__(self, procs: Processes) -> None:
+        self.procs = procs
+
+    async def measure(self, make: object) -> tuple[Measurement, dict[str, float]]:
+        front = self.procs.front
+        before = front.metrics() if front else {}
+        with machine.CpuMonitor(self.procs.child_pids()) as cpu:
+            m = await make  # type: ignore[misc]
+        after = front.metrics() if front else {}
+        notes = {"foreign_cpu": round(cpu.share.foreign_cores, 2), "ours_cpu": round(cpu.share.ours_cores, 2)}
+
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        padded, real = delta("sentiment_padded_tokens_total"), delta("sentiment_real_tokens_total")
+        if padded > 0:
+            notes["padding"] = round(1 - real / padded, 3)
+            batches = delta("sentiment_batch_texts_count")
+            if batches:
+                notes["texts_per_batch"] = round(delta("sentiment_batch_texts_sum") / batches, 1)
+        return m, notes
+
+
+async def networked(
+    procs: Processes, workload: corpus.Workload, dtype: str, plan: Plan, rate: float, *, c64_only: bool = False
+) -> list[Row]:
+    assert procs.triton is not None and procs.front is not None
+    tokenizer_json = models.version_dir(procs.repository) / "tokenizer.json"
+    direct = TritonDirect(procs.triton.grpc_url, tokenizer_json, workload)
+    service = Service(procs.front.target, workload)
+    cell = Cell(procs)
+    rows: list[Row] = []
+    name = workload.name
+
+    def skipped(key: str) -> bool:
+        return f"{name}:{key}" in plan.skip
+
+    try:
+        # Warm-up: every process has run a few batches before anything is timed.
+        await direct.measure(4, 1, 0.0, 1.0)
+        await service.measure(16, 1, 0.0, 1.0)
+        if not c64_only:
+            log.info("%s: concurrency 1, Triton direct and service in turns", name)
+            d, s = await interleaved_c1(direct, service, plan.c1_rounds, 0.3, plan.c1_measure_s)
+            rows.append(Row.of("triton_direct", name, 1, 1, d, dtype))
+            rows.append(Row.of("service_unary", name, 1, 1, s, dtype))
+            for c in plan.direct_concurrency:
+                if c == 1 or skipped(f"triton_direct:{c}"):
+                    continue
+                m, notes = await cell.measure(direct.measure(c, 1, *window(plan, rate, c)))
+                rows.append(Row.of("triton_direct", name, c, 1, m, dtype, **notes))
+            if not skipped("triton_batch"):
+                in_flight = plan.batch_concurrency * plan.batch_texts
+                m, notes = await cell.measure(
+                    direct.measure(plan.batch_concurrency, plan.batch_texts, *window(plan, rate, in_flight))
+                )
+                rows.append(Row.of("triton_direct", name, plan.batch_concurrency, plan.batch_texts, m, dtype, **notes))
+        for c in plan.unary_concurrency:
+            if c == 1 or skipped(f"service_unary:{c}") or (c64_only and c != max(plan.unary_concurrency)):
+                continue
+            log.info("%s: service, %d callers, one text each", name, c)
+            m, notes = await cell.measure(service.measure(c, 1, *window(plan, rate, c)))
+            rows.append(Row.of("service_unary", name, c, 1, m, dtype, **notes))
+        if c64_only:
+            return rows
+        in_flight = plan.batch_concurrency * plan.batch_texts
+        log.info("%s: service, %d callers, %d texts each", name, plan.batch_concurrency, plan.batch_texts)
+        m, notes = await cell.measure(
+            service.measure(plan.batch_concurrency, plan.batch_texts, *window(plan, rate, in_flight))
+        )
+        rows.append(Row.of("service_batch", name, plan.batch_concurrency, plan.batch_texts, m, dtype, **notes))
+        log.info("%s: service stream, %d messages in flight", name, plan.stream_window)
+        m, notes = await cell.measure(
+            service.measure_stream(plan.stream_window, 1, *window(plan, rate, plan.stream_window))
+        )
+        rows.append(Row.of("service_stream", name, plan.stream_window, 1, m, dtype, **notes))
+    finally:
+        await direct.close()
+        await service.close()
+    return rows
+
+
+def limit_row(repository: Path, workload: corpus.Workload, dtype: str, plan: Plan) -> Row:
+    v = models.version_dir(repository)
+    best = inprocess.limit(
+        v / "model.pt",
+        v / "tokenizer.json",
+        workload,
+        plan.limit_batches[workload.name],
+        plan.limit_sample[workload.name],
+        min_s=plan.min_measure_s / 2,
+    )
+    return Row.of(
+        "limit",
+        workload.name,
+        1,
+        best.batch_size,
+        best.measurement,
+        dtype,
+        batch_size=best.batch_size,
+        padding=round(best.padding, 3) if best.padding is not None else None,
+        tried=best.tried,
+    )
+
+
+def pipeline_row(workload: corpus.Workload, plan: Plan) -> Row:
+    best = inprocess.pipeline(
+        models.checkpoint(),
+        workload,
+        plan.pipeline_batches[workload.name],
+        plan.pipeline_sample[workload.name],
+        min_s=plan.min_measure_s / 2,
+    )
+    return Row.of(
+        "pipeline",
+        workload.name,
+        1,
+        best.batch_size,
+        best.measurement,
+        "fp32",
+        batch_size=best.batch_size,
+        tried=best.tried,
+    )
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the quick mode (under 3 minutes on 2 cores)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="dtype of limit, Triton and service rows (auto: fp16 on GPU, bf16 with AMX, else fp32)",
+    )
+    parser.add_argument("--workloads", default="short,mixed", help="comma-separated: short, mixed")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.{json,md,png} go")
+    parser.add_argument("--export-arg", action="append", default=[], help="extra `sentiment-server export` flag")
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra `sentiment-server serve` flag")
+    parser.add_argument("--no-inprocess", action="store_true", help="skip pipeline (and use --limit-rate)")
+    parser.add_argument("--limit-rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    plan = QUICK if args.quick else FULL
+    dtype = machine.default_dtype() if args.dtype == "auto" else args.dtype
+    started = time.monotonic()
+    about = machine.describe()
+    log.info("machine: %s", about)
+    # serve/export flags split on the first "=": --serve-arg=--max-wait-ms=2 and --serve-arg="--max-wait-ms 2" work
+    export_args = [part for arg in args.export_arg for part in arg.replace("=", " ", 1).split()]
+    serve_args = [part for arg in args.serve_arg for part in arg.replace("=", " ", 1).split()]
+
+    repository = models.export(dtype, export_args)
+    tokenizer_json = models.version_dir(repository) / "tokenizer.json"
+    workloads = [corpus.build(name, tokenizer_json) for name in args.workloads.split(",")]
+    for w in workloads:
+        log.info("workload %s", w.describe())
+    log_dir = models.CACHE / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    rows: list[Row] = []
+    try:
+        # In-process paths first, while nothing else of ours is running.
+        for w in workloads:
+            log.info("%s: limit (%s)", w.name, dtype)
+            rows.append(limit_row(repository, w, dtype, plan))
+            if not args.no_inprocess:
+                log.info("%s: transformers pipeline (fp32)", w.name)
+                rows.append(pipeline_row(w, plan))
+        with Processes(repository, log_dir, serve_args=serve_args) as procs:
+            for w in workloads:
+                rate = next(r.sentences_per_s for r in rows if r.path == "limit" and r.workload == w.name)
+                rows += asyncio.run(networked(procs, w, dtype, plan, rate))
+        for other in plan.other_dtypes:
+            if other == dtype:
+                continue
+            other_repo = models.export(other, export_args)
+            for w in workloads:
+                rows.append(limit_row(other_repo, w, other, plan))
+            with Processes(other_repo, log_dir, serve_args=serve_args) as procs:
+                for w in workloads:
+                    rate = next(
+                        r.sentences_per_s
+                        for r in rows
+                        if r.path == "limit" and r.dtype == other and r.workload == w.name
+                    )
+                    rows += asyncio.run(networked(procs, w, other, plan, rate, c64_only=True))
+    except KeyboardInterrupt:
+        log.warning("interrupted: processes stopped, nothing written")
+        return 130
+
+    order = {(p, w.name): i for i, (w, p) in enumerate((w, p) for w in workloads for p in report.PATHS)}
+    rows.sort(key=lambda r: (order[(r.path, r.workload)], r.dtype != dtype, r.concurrency, r.texts_per_call))
+    report.set_ratios(rows)
+    elapsed = time.monotonic() - started
+    command = (
+        "python bench/run.py"
+        + (" --quick" if args.quick else "")
+        + "".join(f" {a}" for a in sys.argv[1:] if a != "--quick")
+    )
+    header = (
+        f"Benchmark ({plan.name} mode, {elapsed:.0f} s): `{command.strip()}`\n\n"
+        f"Machine: {about['cpu']}, {about['cores']} cores, bf16 hardware {about['bf16_hardware'] or 'none'}, "
+        f"torch {about['torch']}, Python {about['python']}"
+        + (f", GPU {about['gpu']}" if "gpu" in about else "")
+        + f". Model: full-size DistilBERT (random weights), {dtype}. "
+        + "; ".join(w.describe() for w in workloads)
+        + ".\n"
+    )
+    text = header + "\n" + report.table(rows) + "\n"
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_json(rows, args.out / "latest.json")
+    report.write_markdown(text, args.out / "latest.md")
+    report.chart(rows, args.out / "latest.png", f"{plan.name} mode, {about['cpu']}, {about['cores']} cores, {dtype}")
+    log.info("wrote %s/latest.{json,md,png}", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
