@@ -22,10 +22,12 @@ never waits.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,14 +36,14 @@ from .errors import DeadlineExceeded, ShuttingDown, TritonFailure
 from .tokenization import IdArray, pad_batch
 
 Logits = npt.NDArray[np.float32]
-InferFn = Callable[[IdArray, IdArray, float], Awaitable[Logits]]  # (ids, mask, monotonic deadline)
+InferFn = Callable[[IdArray, IdArray, float], Coroutine[Any, Any, Logits]]  # (ids, mask, monotonic deadline)
 
 # What one forward pass costs beyond its padded tokens, in tokens: reading
 # every weight once and launching every op. Measured for DistilBERT on CPU
 # (2 cores): a pass of n texts padded to L tokens takes about (32 + n*L)
 # token-times. On a GPU a pass is nearly free per token and costly per launch:
 # use thousands there, so that each take stays one group.
-BATCH_OVERHEAD_TOKENS = int(__import__("os").environ.get("XEXP_OVERHEAD", "32"))  # XEXP
+BATCH_OVERHEAD_TOKENS = 32
 # Queued tokens that make waiting for company pointless: a pass this size
 # spends about a tenth of its time on the fixed overhead.
 FILL_TOKENS_PER_OVERHEAD = 8
@@ -102,6 +104,8 @@ class _Pending:
     deadline: float
     enqueued: float
     future: asyncio.Future[tuple[Logits, float, float]] = field(repr=False)
+    # The caller's context (its trace span, when tracing): the batch's Triton call runs in its first caller's.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context, repr=False)
 
 
 class Coalescer:
@@ -278,7 +282,9 @@ class Coalescer:
             return
         input_ids, attention_mask = pad_batch([item.ids for item in live], self._pad)
         started = time.monotonic()
-        call = asyncio.ensure_future(self._infer(input_ids, attention_mask, max(item.deadline for item in live)))
+        call = asyncio.get_running_loop().create_task(
+            self._infer(input_ids, attention_mask, max(item.deadline for item in live)), context=live[0].context
+        )
 
         def cancel_when_all_callers_left(_: object) -> None:
             if all(item.future.cancelled() for item in live):

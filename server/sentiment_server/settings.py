@@ -41,8 +41,10 @@ class ExportSettings(ModelSettings):
     dtype: str = _opt("fp32", "weights dtype in Triton", ("fp32", "bf16", "fp16"))
     device: str = _opt("cpu", "where Triton runs the model", ("cpu", "gpu"))
     max_batch_size: int = _opt(64, "Triton max_batch_size")
-    instance_count: int = _opt(1, "Triton model instances")
-    torch_threads: int = _opt(0, "intra-op threads per instance (0 = torch default)")
+    # One single-threaded instance per CPU core beats one instance using every
+    # core: no thread barriers for the front-end to stall (bench/, README).
+    instance_count: int = _opt(2, "Triton model instances (CPU: one per core, with --torch-threads 1)")
+    torch_threads: int = _opt(1, "intra-op threads per instance (0 = torch default: every core)")
     force: bool = _opt(False, "overwrite a different model already in the repository")
 
 
@@ -62,8 +64,8 @@ class ServeSettings(ModelSettings):
     # Coalescing: concurrent requests merge into one Triton batch.
     max_batch_texts: int = _opt(64, "most texts in one Triton batch")
     max_batch_tokens: int = _opt(8192, "most padded tokens in one Triton batch")
-    max_wait_ms: float = _opt(0.0, "longest a text waits for others to fill a batch")
-    max_concurrent_batches: int = _opt(2, "Triton batches in flight per endpoint")
+    max_wait_ms: float = _opt(5.0, "longest a batch waits to fill while another batch is running")
+    max_concurrent_batches: int = _opt(2, "Triton batches in flight per endpoint (match the model's instance count)")
     # Admission and per-request limits, checked before tokenizing.
     max_texts_per_request: int = _opt(256, "most texts in one request")
     max_chars_per_text: int = _opt(20_000, "most characters in one text")

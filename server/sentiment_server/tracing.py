@@ -1,16 +1,17 @@
 """Optional OpenTelemetry tracing (`--otel`): a span per call, W3C trace context in and out.
 
 The caller's `traceparent` metadata becomes the parent of the call's span; the
-Triton request of each batch carries the context of its first caller (and its
-span links to every caller), so Triton's own OpenTelemetry traces join the
-caller's trace. Without the `opentelemetry` packages, or without `--otel`,
-every function here is a cheap no-op.
+Triton request of each batch carries the context of its first caller (the
+coalescer runs the call in that caller's context), so Triton's own
+OpenTelemetry traces (`--trace-config mode=opentelemetry`) join the caller's
+trace. Without the `opentelemetry` packages, or without `--otel`, every
+function here is a cheap no-op.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -85,25 +86,3 @@ def current_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
-
-
-@contextmanager
-def batch_span(callers: Sequence[Mapping[str, str]], texts: int) -> Iterator[dict[str, str]]:
-    """A client span for one Triton batch; yields the headers to send to Triton."""
-    if not _enabled or not callers:
-        yield {}
-        return
-    assert propagate is not None and trace is not None
-    links = []
-    for headers in callers:
-        context = trace.get_current_span(propagate.extract(dict(headers))).get_span_context()
-        if context.is_valid:
-            links.append(trace.Link(context))
-    with _tracer().start_as_current_span(
-        "triton.infer",
-        context=propagate.extract(dict(callers[0])),
-        kind=trace.SpanKind.CLIENT,
-        links=links,
-        attributes={"sentiment.batch_texts": texts, "sentiment.batch_callers": len(callers)},
-    ):
-        yield current_headers()

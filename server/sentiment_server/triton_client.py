@@ -18,6 +18,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from . import tracing
 from .errors import BackendUnavailable, DeadlineExceeded, ModelMismatch, ServiceError, TritonFailure
 from .model_artifact import ATTENTION_MASK, INPUT_IDS, ModelInfo
 
@@ -220,9 +221,9 @@ class TritonPool:
         input_ids: npt.NDArray[np.int64],
         attention_mask: npt.NDArray[np.int64],
         deadline: float,
-        headers: Mapping[str, str] | None = None,
     ) -> npt.NDArray[np.float32]:
-        """`deadline` is a time.monotonic() instant; `headers` go to Triton as metadata."""
+        """`deadline` is a time.monotonic() instant. Runs in the context of the batch's first caller, whose
+        trace context (when tracing) goes to Triton as W3C headers."""
         tried: set[TritonEndpoint] = set()
         while True:
             endpoint = self._pick(tried)
@@ -231,7 +232,7 @@ class TritonPool:
             tried.add(endpoint)
             try:
                 return await endpoint.infer(
-                    self.output_name, input_ids, attention_mask, deadline - time.monotonic(), headers
+                    self.output_name, input_ids, attention_mask, deadline - time.monotonic(), tracing.current_headers()
                 )
             except BackendUnavailable:
                 if deadline - time.monotonic() <= 0:
