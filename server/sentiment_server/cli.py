@@ -8,9 +8,11 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .logging_setup import configure_logging
 from .settings import (
@@ -24,6 +26,9 @@ from .settings import (
     pick,
     settings_from,
 )
+
+if TYPE_CHECKING:
+    from .triton_process import EmbeddedTriton
 
 log = logging.getLogger("sentiment_server")
 
@@ -119,10 +124,11 @@ def _export_or_demo(settings: UpSettings) -> None:
         _export(settings, demo=True, source=str(checkpoint))
 
 
-async def _up(settings: UpSettings) -> None:
+@contextmanager
+def _embedded_triton(settings: TritonSettings) -> Iterator[EmbeddedTriton]:
+    """The embedded Triton with the model ready; stopped on the way out."""
     from .triton_process import EmbeddedTriton
 
-    _export_or_demo(settings)
     with EmbeddedTriton(
         settings.model_repository,
         host=settings.triton_host,
@@ -130,21 +136,17 @@ async def _up(settings: UpSettings) -> None:
         metrics_port=settings.triton_metrics_port,
     ) as triton:
         triton.wait_ready(settings.model_name, timeout_s=settings.triton_ready_timeout_s)
-        serve = pick(ServeSettings, settings)
-        serve = ServeSettings(**{**serve.__dict__, "triton_url": triton.grpc_url})
-        await _serve(serve)
+        yield triton
+
+
+async def _up(settings: UpSettings) -> None:
+    _export_or_demo(settings)
+    with _embedded_triton(settings) as triton:
+        await _serve(replace(pick(ServeSettings, settings), triton_url=triton.grpc_url))
 
 
 async def _triton(settings: TritonSettings) -> None:
-    from .triton_process import EmbeddedTriton
-
-    with EmbeddedTriton(
-        settings.model_repository,
-        host=settings.triton_host,
-        grpc_port=settings.triton_port,
-        metrics_port=settings.triton_metrics_port,
-    ) as triton:
-        triton.wait_ready(settings.model_name, timeout_s=settings.triton_ready_timeout_s)
+    with _embedded_triton(settings) as triton:
         print(f"sentiment-server: Triton ready at {triton.grpc_url}", flush=True)
         await _wait_for_signal()
 
