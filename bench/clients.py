@@ -136,13 +136,33 @@ class Service:
         await self.channel.close()
 
 
-async def interleaved_c1(
-    direct: TritonDirect, service: Service, rounds: int, warmup_s: float, measure_s: float
-) -> tuple[Measurement, Measurement]:
-    """Concurrency 1, Triton direct and the service taking turns, so noise hits both alike."""
-    totals = (Measurement(), Measurement())
-    for _ in range(rounds):
-        d = await direct.measure(1, 1, warmup_s, measure_s)
-        s = await service.measure(1, 1, warmup_s, measure_s)
-        totals = (totals[0].merge(d), totals[1].merge(s))
-    return totals
+async def paired_c1(direct: TritonDirect, service: Service, seconds: float) -> tuple[Measurement, Measurement, float]:
+    """Concurrency 1: the same text through Triton direct and the service, back to back.
+
+    The order alternates from pair to pair, so drift and noise hit both paths
+    alike. Returns both measurements and the median of the paired differences
+    (service minus direct) in milliseconds.
+    """
+    requests = service.requests(1)
+    paths = (Measurement(), Measurement())
+    diffs: list[float] = []
+    until = time.perf_counter() + seconds
+    index = 0
+    while time.perf_counter() < until:
+        took = [0.0, 0.0]
+        for who in (0, 1) if index % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            if who == 0:
+                await direct.call(index, 1)
+            else:
+                await service.stub.Classify(requests[index % len(requests)], timeout=120)
+            took[who] = time.perf_counter() - t0
+        for who in (0, 1):
+            paths[who].latencies_s.append(took[who])
+            paths[who].sentences += 1
+            paths[who].calls += 1
+            paths[who].seconds += took[who]
+        diffs.append(took[1] - took[0])
+        index += 1
+    diffs.sort()
+    return paths[0], paths[1], 1000 * diffs[len(diffs) // 2]

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from corpus import Workload
 from load import Measurement, timed_batches
@@ -30,6 +31,7 @@ class Best:
     measurement: Measurement
     tried: dict[int, float]  # batch size -> sentences/s
     padding: float | None = None  # padded share of the tokens at the best batch size
+    unsorted_per_s: float | None = None  # the best batch size on texts in corpus order
 
 
 def _pick(results: dict[int, Measurement], padding: dict[int, float] | None = None) -> Best:
@@ -38,8 +40,30 @@ def _pick(results: dict[int, Measurement], padding: dict[int, float] | None = No
     return Best(size, results[size], tried, padding[size] if padding else None)
 
 
+def _batches(encoded: list[list[int]], size: int, device: Any) -> list[tuple[Any, Any]]:
+    import torch
+
+    batches = []
+    for start in range(0, len(encoded), size):
+        group = encoded[start : start + size]
+        width = max(len(ids) for ids in group)
+        ids = torch.zeros((len(group), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(group):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        batches.append((ids.to(device), mask.to(device)))
+    return batches
+
+
 def limit(
-    model_pt: Path, tokenizer_json: Path, workload: Workload, batch_sizes: Sequence[int], sample: int, min_s: float
+    model_pt: Path,
+    tokenizer_json: Path,
+    workload: Workload,
+    batch_sizes: Sequence[int],
+    sample: int,
+    min_s: float,
+    unsorted: bool = False,
 ) -> Best:
     import torch
 
@@ -48,23 +72,13 @@ def limit(
         warnings.simplefilter("ignore", DeprecationWarning)
         model = torch.jit.load(str(model_pt), map_location=device).eval()
     tok = Tokenizer.from_file(str(tokenizer_json))
-    encoded = sorted((e.ids for e in tok.encode_batch(list(workload.texts[:sample]))), key=len)
+    in_order = [e.ids for e in tok.encode_batch(list(workload.texts[:sample]))]
+    encoded = sorted(in_order, key=len)
     results: dict[int, Measurement] = {}
     padding: dict[int, float] = {}
-    for size in batch_sizes:
-        batches = []
-        for start in range(0, len(encoded), size):
-            group = encoded[start : start + size]
-            width = max(len(ids) for ids in group)
-            ids = torch.zeros((len(group), width), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, seq in enumerate(group):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            batches.append((ids.to(device), mask.to(device)))
-        padding[size] = 1 - sum(int(m.sum()) for _, m in batches) / sum(m.numel() for _, m in batches)
 
-        def run(index: int, batches: list[tuple[torch.Tensor, torch.Tensor]] = batches) -> int:
+    def timed(batches: list[tuple[Any, Any]]) -> Measurement:
+        def run(index: int) -> int:
             ids, mask = batches[index]
             model(ids, mask).cpu()  # the logits in host memory, as a server needs them
             return int(ids.shape[0])
@@ -72,9 +86,18 @@ def limit(
         with torch.inference_mode(), torch.jit.optimized_execution(False):  # type: ignore[attr-defined]
             for index in range(len(batches)):  # every shape once: first calls pay for kernel set-up
                 run(index)
-            results[size] = timed_batches(run, len(batches), min_s)
+            return timed_batches(run, len(batches), min_s)
+
+    for size in batch_sizes:
+        batches = _batches(encoded, size, device)
+        padding[size] = 1 - sum(int(m.sum()) for _, m in batches) / sum(m.numel() for _, m in batches)
+        results[size] = timed(batches)
         log.info("  limit %s batch %d: %.1f/s", workload.name, size, results[size].sentences_per_s)
-    return _pick(results, padding)
+    best = _pick(results, padding)
+    if unsorted:
+        best.unsorted_per_s = round(timed(_batches(in_order, best.batch_size, device)).sentences_per_s, 1)
+        log.info("  limit %s batch %d, corpus order: %.1f/s", workload.name, best.batch_size, best.unsorted_per_s)
+    return best
 
 
 def pipeline(checkpoint: Path, workload: Workload, batch_sizes: Sequence[int], sample: int, min_s: float) -> Best:

@@ -90,8 +90,14 @@ def _note(row: Row) -> str:
         parts.append(f"batch {n['batch_size']}")
     if "padding" in n:
         parts.append(f"padding {100 * n['padding']:.0f}%")
+    if "unsorted_per_s" in n:
+        parts.append(f"texts in corpus order: {n['unsorted_per_s']:.1f}/s")
     if "texts_per_batch" in n:
         parts.append(f"{n['texts_per_batch']:.1f} texts/Triton batch")
+    if "p50_above_direct_ms" in n:
+        parts.append(
+            f"p50 {n['p50_above_direct_ms']:+.2f} ms vs Triton direct (paired median {n['paired_median_above_direct_ms']:+.2f})"
+        )
     if "foreign_cpu" in n and n["foreign_cpu"] >= 0.1:
         parts.append(f"others used {n['foreign_cpu']:.1f} cores")
     return ", ".join(parts)

@@ -31,7 +31,7 @@ import inprocess
 import machine
 import models
 import report
-from clients import Service, TritonDirect, interleaved_c1
+from clients import Service, TritonDirect, paired_c1
 from load import Measurement
 from procs import Processes
 from report import Row
@@ -51,14 +51,14 @@ class Plan:
     pipeline_sample: dict[str, int]
     min_measure_s: float  # shortest measurement window
     turns: float  # window >= this many times one call's expected latency
-    c1_rounds: int  # alternations of Triton direct / service at concurrency 1
-    c1_measure_s: float
+    c1_seconds: dict[str, float]  # Triton direct and service, text by text, at concurrency 1
     unary_concurrency: tuple[int, ...] = (1, 16, 64)
     batch_texts: int = 32
     batch_concurrency: int = 2
     stream_window: int = 64
     direct_concurrency: tuple[int, ...] = (1, 64)
     other_dtypes: tuple[str, ...] = ()  # limit + service c64 in these too
+    limit_unsorted: bool = False  # also time the best batch size on texts in corpus order
     skip: frozenset[str] = field(default_factory=frozenset)  # "workload:cell" left out
 
 
@@ -69,10 +69,9 @@ QUICK = Plan(
     pipeline_batches={"short": (32,), "mixed": (1, 8)},
     pipeline_sample={"short": 128, "mixed": 24},
     min_measure_s=3.0,
-    turns=2.0,
-    c1_rounds=2,
-    c1_measure_s=1.5,
-    skip=frozenset({"mixed:service_unary:16", "mixed:triton_batch"}),
+    turns=3.0,
+    c1_seconds={"short": 6.0, "mixed": 8.0},
+    skip=frozenset({"mixed:service_unary:16", "mixed:triton_batch", "mixed:triton_direct:64"}),
 )
 FULL = Plan(
     name="full",
@@ -82,16 +81,16 @@ FULL = Plan(
     pipeline_sample={"short": 256, "mixed": 64},
     min_measure_s=8.0,
     turns=4.0,
-    c1_rounds=4,
-    c1_measure_s=3.0,
+    c1_seconds={"short": 20.0, "mixed": 40.0},
     other_dtypes=("bf16",),
+    limit_unsorted=True,
 )
 
 
 def window(plan: Plan, rate: float, in_flight: int) -> tuple[float, float]:
     """(warm-up, measure) seconds: the warm-up covers one call's expected latency at `rate` sentences/s."""
     latency = in_flight / max(rate, 1e-3)
-    return max(1.0, 1.2 * latency), max(plan.min_measure_s, plan.turns * latency)
+    return max(1.0, 1.5 * latency), max(plan.min_measure_s, plan.turns * latency)
 
 
 class Cell:
@@ -139,10 +138,22 @@ async def networked(
         await direct.measure(4, 1, 0.0, 1.0)
         await service.measure(16, 1, 0.0, 1.0)
         if not c64_only:
-            log.info("%s: concurrency 1, Triton direct and service in turns", name)
-            d, s = await interleaved_c1(direct, service, plan.c1_rounds, 0.3, plan.c1_measure_s)
+            log.info("%s: concurrency 1, Triton direct and service text by text", name)
+            d, s, paired_ms = await paired_c1(direct, service, plan.c1_seconds[name])
             rows.append(Row.of("triton_direct", name, 1, 1, d, dtype))
-            rows.append(Row.of("service_unary", name, 1, 1, s, dtype))
+            above = round(s.percentile_ms(50) - d.percentile_ms(50), 2)
+            rows.append(
+                Row.of(
+                    "service_unary",
+                    name,
+                    1,
+                    1,
+                    s,
+                    dtype,
+                    p50_above_direct_ms=above,
+                    paired_median_above_direct_ms=round(paired_ms, 2),
+                )
+            )
             for c in plan.direct_concurrency:
                 if c == 1 or skipped(f"triton_direct:{c}"):
                     continue
@@ -181,14 +192,16 @@ async def networked(
 
 def limit_row(repository: Path, workload: corpus.Workload, dtype: str, plan: Plan) -> Row:
     v = models.version_dir(repository)
-    best = inprocess.limit(
-        v / "model.pt",
-        v / "tokenizer.json",
-        workload,
-        plan.limit_batches[workload.name],
-        plan.limit_sample[workload.name],
-        min_s=plan.min_measure_s / 2,
-    )
+    with machine.CpuMonitor([]) as cpu:
+        best = inprocess.limit(
+            v / "model.pt",
+            v / "tokenizer.json",
+            workload,
+            plan.limit_batches[workload.name],
+            plan.limit_sample[workload.name],
+            min_s=plan.min_measure_s / 2,
+            unsorted=plan.limit_unsorted,
+        )
     return Row.of(
         "limit",
         workload.name,
@@ -199,17 +212,20 @@ def limit_row(repository: Path, workload: corpus.Workload, dtype: str, plan: Pla
         batch_size=best.batch_size,
         padding=round(best.padding, 3) if best.padding is not None else None,
         tried=best.tried,
+        unsorted_per_s=best.unsorted_per_s,
+        foreign_cpu=round(cpu.share.foreign_cores, 2),
     )
 
 
 def pipeline_row(workload: corpus.Workload, plan: Plan) -> Row:
-    best = inprocess.pipeline(
-        models.checkpoint(),
-        workload,
-        plan.pipeline_batches[workload.name],
-        plan.pipeline_sample[workload.name],
-        min_s=plan.min_measure_s / 2,
-    )
+    with machine.CpuMonitor([]) as cpu:
+        best = inprocess.pipeline(
+            models.checkpoint(),
+            workload,
+            plan.pipeline_batches[workload.name],
+            plan.pipeline_sample[workload.name],
+            min_s=plan.min_measure_s / 2,
+        )
     return Row.of(
         "pipeline",
         workload.name,
@@ -219,6 +235,7 @@ def pipeline_row(workload: corpus.Workload, plan: Plan) -> Row:
         "fp32",
         batch_size=best.batch_size,
         tried=best.tried,
+        foreign_cpu=round(cpu.share.foreign_cores, 2),
     )
 
 
