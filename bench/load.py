@@ -26,6 +26,7 @@ class Measurement:
     seconds: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
+    foreign_cpu: float | None = None  # cores other people's processes used meanwhile (in-process paths)
 
     @property
     def sentences_per_s(self) -> float:

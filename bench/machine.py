@@ -107,3 +107,35 @@ class CpuMonitor:
         busy1, _ = _busy_ticks()
         ours = sum(max(0, _process_ticks(pid) - t0) for pid, t0 in self._ours0.items())
         self.share = CpuShare((busy1 - self._busy0) / _TICKS / elapsed, ours / _TICKS / elapsed)
+
+
+class Quiet:
+    """Measure when other people's processes leave the CPUs alone; measure again when they did not.
+
+    The machine is shared: a test run elsewhere takes a core and halves a
+    throughput. Before each measurement `wait` lets such a burst pass (up to
+    a budget); after it, a measurement during which others used more than
+    `max_foreign` cores is repeated, up to `attempts` times, and the least
+    disturbed one is kept (its `foreign_cpu` note says how disturbed).
+    """
+
+    def __init__(self, max_foreign: float, attempts: int, wait_s: float, budget_s: float) -> None:
+        self.max_foreign = max_foreign
+        self.attempts = max(1, attempts)
+        self.wait_s = wait_s
+        self.budget_s = budget_s
+
+    def wait(self) -> None:
+        """Until two half-second samples in a row show the CPUs (nearly) idle, within the budgets."""
+        limit = min(self.wait_s, self.budget_s)
+        started = time.monotonic()
+        quiet = 0
+        while time.monotonic() - started < limit and quiet < 2:
+            busy0, _ = _busy_ticks()
+            time.sleep(0.5)
+            busy1, _ = _busy_ticks()
+            quiet = quiet + 1 if (busy1 - busy0) / _TICKS / 0.5 <= self.max_foreign else 0
+        self.budget_s = max(0.0, self.budget_s - (time.monotonic() - started))
+
+    def disturbed(self, share: CpuShare) -> bool:
+        return share.foreign_cores > self.max_foreign

@@ -117,6 +117,47 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: Sequence[Row], dtype: str) -> str:
+    """The issue's targets, checked against this run's rows."""
+    lines = ["Targets (this run):", ""]
+    by = {(r.path, r.workload, r.dtype, r.concurrency, r.texts_per_call): r for r in rows}
+    for workload in dict.fromkeys(r.workload for r in rows):
+        c64 = by.get(("service_unary", workload, dtype, 64, 1))
+        if c64 is not None:
+            ok = c64.ratio_to_limit >= 0.85
+            lines.append(
+                f"- {workload}: one text per call at concurrency 64 = {c64.ratio_to_limit:.2f} x the limit "
+                f"(target >= 0.85): {'met' if ok else 'NOT met'}"
+            )
+        c1 = by.get(("service_unary", workload, dtype, 1, 1))
+        if c1 is not None and "p50_above_direct_ms" in c1.notes:
+            above = c1.notes["p50_above_direct_ms"]
+            lines.append(
+                f"- {workload}: concurrency 1 median {above:+.2f} ms vs Triton direct (target <= +1.5 ms): "
+                f"{'met' if above <= 1.5 else 'NOT met'}"
+                f" (paired median {c1.notes['paired_median_above_direct_ms']:+.2f} ms)"
+            )
+        seed = by.get(
+            (
+                "pipeline",
+                workload,
+                "fp32",
+                1,
+                next((r.texts_per_call for r in rows if r.path == "pipeline" and r.workload == workload), 0),
+            )
+        )
+        service = [r for r in rows if r.workload == workload and r.path.startswith("service_")]
+        if seed is not None and service:
+            best = max(service, key=lambda r: r.sentences_per_s)
+            times = best.sentences_per_s / seed.sentences_per_s if seed.sentences_per_s else float("nan")
+            lines.append(
+                f"- {workload}: best service configuration ({best.path}, {best.dtype}, c{best.concurrency}"
+                f"x{best.texts_per_call}) = {times:.2f} x the seed's way (target >= 2.5): "
+                f"{'met' if times >= 2.5 else 'NOT met'}"
+            )
+    return "\n".join(lines)
+
+
 def write_markdown(text: str, path: Path) -> None:
     _atomic_write(path, text)
 

@@ -12,6 +12,10 @@ One run, one machine, one model (full-size DistilBERT, random weights):
 on two workloads (`short`: about 16 tokens; `mixed`: 10 to 256 tokens). Writes
 bench/results/latest.{json,md,png}. Everything it starts (embedded Triton, the
 front-end) listens on 127.0.0.1 and is stopped by pid on the way out.
+
+The machine may be shared: each measurement waits for other people's
+processes to leave the CPUs alone and is repeated when they did not (see
+machine.Quiet); the `foreign_cpu` note says how many cores others used anyway.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import corpus
 import inprocess
@@ -52,60 +59,81 @@ class Plan:
     min_measure_s: float  # shortest measurement window
     turns: float  # window >= this many times one call's expected latency
     c1_seconds: dict[str, float]  # Triton direct and service, text by text, at concurrency 1
+    quiet: tuple[int, float, float]  # attempts per measurement, longest wait for quiet, total wait budget
     unary_concurrency: tuple[int, ...] = (1, 16, 64)
     batch_texts: int = 32
     batch_concurrency: int = 2
     stream_window: int = 64
     direct_concurrency: tuple[int, ...] = (1, 64)
-    other_dtypes: tuple[str, ...] = ()  # limit + service c64 in these too
+    other_dtypes: tuple[str, ...] = ()  # the limit and service c64 in these too
     limit_unsorted: bool = False  # also time the best batch size on texts in corpus order
     skip: frozenset[str] = field(default_factory=frozenset)  # "workload:cell" left out
 
 
 QUICK = Plan(
     name="quick",
-    limit_batches={"short": (16, 32, 64), "mixed": (4, 16)},
+    limit_batches={"short": (16, 32, 64), "mixed": (4, 8)},
     limit_sample={"short": 256, "mixed": 64},
-    pipeline_batches={"short": (32,), "mixed": (1, 8)},
+    pipeline_batches={"short": (32,), "mixed": (1, 4)},
     pipeline_sample={"short": 128, "mixed": 24},
     min_measure_s=3.0,
     turns=3.0,
-    c1_seconds={"short": 6.0, "mixed": 8.0},
+    c1_seconds={"short": 6.0, "mixed": 6.0},
+    quiet=(2, 5.0, 20.0),
     skip=frozenset({"mixed:service_unary:16", "mixed:triton_batch", "mixed:triton_direct:64"}),
 )
 FULL = Plan(
     name="full",
-    limit_batches={"short": (8, 16, 32, 64, 128), "mixed": (1, 4, 8, 16, 32)},
-    limit_sample={"short": 512, "mixed": 128},
-    pipeline_batches={"short": (1, 8, 32, 64), "mixed": (1, 4, 8, 32)},
-    pipeline_sample={"short": 256, "mixed": 64},
+    limit_batches={"short": (16, 32, 64, 128), "mixed": (2, 4, 8, 16)},
+    limit_sample={"short": 512, "mixed": 96},
+    pipeline_batches={"short": (8, 32, 64), "mixed": (1, 4, 8)},
+    pipeline_sample={"short": 256, "mixed": 48},
     min_measure_s=8.0,
     turns=4.0,
-    c1_seconds={"short": 20.0, "mixed": 40.0},
+    c1_seconds={"short": 20.0, "mixed": 30.0},
+    quiet=(3, 30.0, 240.0),
     other_dtypes=("bf16",),
     limit_unsorted=True,
 )
+MAX_FOREIGN_CORES = 0.15  # a measurement during which others used more is repeated
 
 
-def window(plan: Plan, rate: float, in_flight: int) -> tuple[float, float]:
+def window(plan: Plan, rate: float, in_flight: int, turns: float | None = None) -> tuple[float, float]:
     """(warm-up, measure) seconds: the warm-up covers one call's expected latency at `rate` sentences/s."""
     latency = in_flight / max(rate, 1e-3)
-    return max(1.0, 1.5 * latency), max(plan.min_measure_s, plan.turns * latency)
+    return max(1.0, 1.5 * latency), max(plan.min_measure_s, (turns or plan.turns) * latency)
 
 
 class Cell:
-    """CPU share and front-end metrics around one measurement."""
+    """One networked measurement: CPU shares and front-end metrics around it, repeated when disturbed."""
 
-    def __init__(self, procs: Processes) -> None:
+    def __init__(self, procs: Processes, quiet: machine.Quiet) -> None:
         self.procs = procs
+        self.quiet = quiet
 
-    async def measure(self, make: object) -> tuple[Measurement, dict[str, float]]:
+    async def measure(self, make: Callable[[], Awaitable[Measurement]]) -> tuple[Measurement, dict[str, Any]]:
+        kept: tuple[Measurement, dict[str, Any]] | None = None
+        for attempt in range(self.quiet.attempts):
+            self.quiet.wait()
+            m, notes = await self._once(make)
+            if kept is None or notes["foreign_cpu"] < kept[1]["foreign_cpu"]:
+                kept = (m, notes)
+            if notes["foreign_cpu"] <= self.quiet.max_foreign:
+                break
+            log.info("  others used %.2f cores meanwhile: measuring again (%d)", notes["foreign_cpu"], attempt + 1)
+        assert kept is not None
+        return kept
+
+    async def _once(self, make: Callable[[], Awaitable[Measurement]]) -> tuple[Measurement, dict[str, Any]]:
         front = self.procs.front
         before = front.metrics() if front else {}
         with machine.CpuMonitor(self.procs.child_pids()) as cpu:
-            m = await make  # type: ignore[misc]
+            m = await make()
         after = front.metrics() if front else {}
-        notes = {"foreign_cpu": round(cpu.share.foreign_cores, 2), "ours_cpu": round(cpu.share.ours_cores, 2)}
+        notes: dict[str, Any] = {
+            "foreign_cpu": round(cpu.share.foreign_cores, 2),
+            "ours_cpu": round(cpu.share.ours_cores, 2),
+        }
 
         def delta(name: str) -> float:
             return after.get(name, 0.0) - before.get(name, 0.0)
@@ -119,124 +147,180 @@ class Cell:
         return m, notes
 
 
+def clean_inprocess(quiet: machine.Quiet) -> inprocess.Clean:
+    """Cell.measure for the in-process paths (only this process does work)."""
+
+    def run(measure: Callable[[], Measurement]) -> Measurement:
+        kept: Measurement | None = None
+        for attempt in range(quiet.attempts):
+            quiet.wait()
+            with machine.CpuMonitor([]) as cpu:
+                m = measure()
+            m.foreign_cpu = round(cpu.share.foreign_cores, 2)
+            if kept is None or m.foreign_cpu < (kept.foreign_cpu or 0.0):
+                kept = m
+            if not quiet.disturbed(cpu.share):
+                break
+            log.info("  others used %.2f cores meanwhile: measuring again (%d)", m.foreign_cpu, attempt + 1)
+        assert kept is not None
+        return kept
+
+    return run
+
+
 async def networked(
-    procs: Processes, workload: corpus.Workload, dtype: str, plan: Plan, rate: float, *, c64_only: bool = False
+    procs: Processes,
+    workload: corpus.Workload,
+    dtype: str,
+    plan: Plan,
+    quiet: machine.Quiet,
+    rate: float,
+    *,
+    c64_only: bool = False,
 ) -> list[Row]:
+    """Triton direct and the service's rows for one workload; `rate` (the limit) sizes the windows."""
     assert procs.triton is not None and procs.front is not None
     tokenizer_json = models.version_dir(procs.repository) / "tokenizer.json"
     direct = TritonDirect(procs.triton.grpc_url, tokenizer_json, workload)
     service = Service(procs.front.target, workload)
-    cell = Cell(procs)
+    cell = Cell(procs, quiet)
     rows: list[Row] = []
     name = workload.name
+    wanted = [c for c in plan.unary_concurrency if f"{name}:service_unary:{c}" not in plan.skip]
+    in_batch = plan.batch_concurrency * plan.batch_texts
 
-    def skipped(key: str) -> bool:
-        return f"{name}:{key}" in plan.skip
+    def row(path: str, concurrency: int, texts: int, m: Measurement, **notes: Any) -> None:
+        rows.append(Row.of(path, name, concurrency, texts, m, dtype, **notes))
 
     try:
         # Warm-up: every process has run a few batches before anything is timed.
         await direct.measure(4, 1, 0.0, 1.0)
         await service.measure(16, 1, 0.0, 1.0)
-        if not c64_only:
-            log.info("%s: concurrency 1, Triton direct and service text by text", name)
-            d, s, paired_ms = await paired_c1(direct, service, plan.c1_seconds[name])
-            rows.append(Row.of("triton_direct", name, 1, 1, d, dtype))
-            above = round(s.percentile_ms(50) - d.percentile_ms(50), 2)
-            rows.append(
-                Row.of(
-                    "service_unary",
-                    name,
-                    1,
-                    1,
-                    s,
-                    dtype,
-                    p50_above_direct_ms=above,
-                    paired_median_above_direct_ms=round(paired_ms, 2),
-                )
-            )
-            for c in plan.direct_concurrency:
-                if c == 1 or skipped(f"triton_direct:{c}"):
-                    continue
-                m, notes = await cell.measure(direct.measure(c, 1, *window(plan, rate, c)))
-                rows.append(Row.of("triton_direct", name, c, 1, m, dtype, **notes))
-            if not skipped("triton_batch"):
-                in_flight = plan.batch_concurrency * plan.batch_texts
-                m, notes = await cell.measure(
-                    direct.measure(plan.batch_concurrency, plan.batch_texts, *window(plan, rate, in_flight))
-                )
-                rows.append(Row.of("triton_direct", name, plan.batch_concurrency, plan.batch_texts, m, dtype, **notes))
-        for c in plan.unary_concurrency:
-            if c == 1 or skipped(f"service_unary:{c}") or (c64_only and c != max(plan.unary_concurrency)):
-                continue
-            log.info("%s: service, %d callers, one text each", name, c)
-            m, notes = await cell.measure(service.measure(c, 1, *window(plan, rate, c)))
-            rows.append(Row.of("service_unary", name, c, 1, m, dtype, **notes))
         if c64_only:
+            c = max(wanted)
+            log.info("%s: service, %d callers, one text each (%s)", name, c, dtype)
+            m, notes = await cell.measure(partial(service.measure, c, 1, *window(plan, rate, c, turns=2.0)))
+            row("service_unary", c, 1, m, **notes)
             return rows
-        in_flight = plan.batch_concurrency * plan.batch_texts
+
+        log.info("%s: concurrency 1, Triton direct and service text by text", name)
+        quiet.wait()
+        d, s, paired_ms = await paired_c1(direct, service, plan.c1_seconds[name])
+        row("triton_direct", 1, 1, d)
+        above = round(s.percentile_ms(50) - d.percentile_ms(50), 2)
+        row("service_unary", 1, 1, s, p50_above_direct_ms=above, paired_median_above_direct_ms=round(paired_ms, 2))
+        for c in plan.direct_concurrency:
+            if c > 1 and f"{name}:triton_direct:{c}" not in plan.skip:
+                log.info("%s: Triton direct, %d callers, one text each", name, c)
+                m, notes = await cell.measure(partial(direct.measure, c, 1, *window(plan, rate, c)))
+                row("triton_direct", c, 1, m, **notes)
+        if f"{name}:triton_batch" not in plan.skip:
+            log.info("%s: Triton direct, %d callers, %d texts each", name, plan.batch_concurrency, plan.batch_texts)
+            m, notes = await cell.measure(
+                lambda: direct.measure(plan.batch_concurrency, plan.batch_texts, *window(plan, rate, in_batch))
+            )
+            row("triton_direct", plan.batch_concurrency, plan.batch_texts, m, **notes)
+        for c in wanted:
+            if c > 1:
+                log.info("%s: service, %d callers, one text each", name, c)
+                m, notes = await cell.measure(partial(service.measure, c, 1, *window(plan, rate, c)))
+                row("service_unary", c, 1, m, **notes)
         log.info("%s: service, %d callers, %d texts each", name, plan.batch_concurrency, plan.batch_texts)
         m, notes = await cell.measure(
-            service.measure(plan.batch_concurrency, plan.batch_texts, *window(plan, rate, in_flight))
+            lambda: service.measure(plan.batch_concurrency, plan.batch_texts, *window(plan, rate, in_batch))
         )
-        rows.append(Row.of("service_batch", name, plan.batch_concurrency, plan.batch_texts, m, dtype, **notes))
+        row("service_batch", plan.batch_concurrency, plan.batch_texts, m, **notes)
         log.info("%s: service stream, %d messages in flight", name, plan.stream_window)
         m, notes = await cell.measure(
-            service.measure_stream(plan.stream_window, 1, *window(plan, rate, plan.stream_window))
+            lambda: service.measure_stream(plan.stream_window, 1, *window(plan, rate, plan.stream_window))
         )
-        rows.append(Row.of("service_stream", name, plan.stream_window, 1, m, dtype, **notes))
+        row("service_stream", plan.stream_window, 1, m, **notes)
     finally:
         await direct.close()
         await service.close()
     return rows
 
 
-def limit_row(repository: Path, workload: corpus.Workload, dtype: str, plan: Plan) -> Row:
+def limit_row(
+    repository: Path,
+    workload: corpus.Workload,
+    dtype: str,
+    plan: Plan,
+    clean: inprocess.Clean,
+    batch_sizes: tuple[int, ...] | None = None,
+    sample: int | None = None,
+) -> Row:
     v = models.version_dir(repository)
-    with machine.CpuMonitor([]) as cpu:
-        best = inprocess.limit(
-            v / "model.pt",
-            v / "tokenizer.json",
-            workload,
-            plan.limit_batches[workload.name],
-            plan.limit_sample[workload.name],
-            min_s=plan.min_measure_s / 2,
-            unsorted=plan.limit_unsorted,
-        )
-    return Row.of(
-        "limit",
-        workload.name,
-        1,
-        best.batch_size,
-        best.measurement,
-        dtype,
-        batch_size=best.batch_size,
-        padding=round(best.padding, 3) if best.padding is not None else None,
-        tried=best.tried,
-        unsorted_per_s=best.unsorted_per_s,
-        foreign_cpu=round(cpu.share.foreign_cores, 2),
+    best = inprocess.limit(
+        v / "model.pt",
+        v / "tokenizer.json",
+        workload,
+        batch_sizes or plan.limit_batches[workload.name],
+        sample or plan.limit_sample[workload.name],
+        min_s=plan.min_measure_s / 2,
+        unsorted=plan.limit_unsorted and batch_sizes is None,
+        clean=clean,
     )
+    padding = round(best.padding, 3) if best.padding is not None else None
+    return Row.of(
+        "limit", workload.name, 1, best.batch_size, best.measurement, dtype, batch_size=best.batch_size,
+        padding=padding, tried=best.tried, unsorted_per_s=best.unsorted_per_s,
+        foreign_cpu=best.measurement.foreign_cpu,
+    )  # fmt: skip
 
 
-def pipeline_row(workload: corpus.Workload, plan: Plan) -> Row:
-    with machine.CpuMonitor([]) as cpu:
-        best = inprocess.pipeline(
-            models.checkpoint(),
-            workload,
-            plan.pipeline_batches[workload.name],
-            plan.pipeline_sample[workload.name],
-            min_s=plan.min_measure_s / 2,
-        )
+def pipeline_row(workload: corpus.Workload, plan: Plan, clean: inprocess.Clean) -> Row:
+    best = inprocess.pipeline(
+        models.checkpoint(), workload, plan.pipeline_batches[workload.name], plan.pipeline_sample[workload.name],
+        min_s=plan.min_measure_s / 2, clean=clean,
+    )  # fmt: skip
     return Row.of(
-        "pipeline",
-        workload.name,
-        1,
-        best.batch_size,
-        best.measurement,
-        "fp32",
-        batch_size=best.batch_size,
-        tried=best.tried,
-        foreign_cpu=round(cpu.share.foreign_cores, 2),
-    )
+        "pipeline", workload.name, 1, best.batch_size, best.measurement, "fp32", batch_size=best.batch_size,
+        tried=best.tried, foreign_cpu=best.measurement.foreign_cpu,
+    )  # fmt: skip
+
+
+def measure_all(
+    args: argparse.Namespace, plan: Plan, dtype: str, workloads: list[corpus.Workload], quiet: machine.Quiet
+) -> list[Row]:
+    export_args = _split(args.export_arg)
+    serve_args = _split(args.serve_arg)
+    repository = models.export(dtype, export_args)
+    clean = clean_inprocess(quiet)
+    log_dir = models.CACHE / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+
+    def limit_of(d: str, workload: str) -> Row:
+        return next(r for r in rows if r.path == "limit" and r.dtype == d and r.workload == workload)
+
+    # In-process paths first, while nothing else of ours is running.
+    for w in workloads:
+        log.info("%s: limit (%s)", w.name, dtype)
+        rows.append(limit_row(repository, w, dtype, plan, clean))
+        log.info("%s: transformers pipeline (fp32)", w.name)
+        rows.append(pipeline_row(w, plan, clean))
+    with Processes(repository, log_dir, serve_args=serve_args) as procs:
+        for w in workloads:
+            rows += asyncio.run(networked(procs, w, dtype, plan, quiet, limit_of(dtype, w.name).sentences_per_s))
+    for other in plan.other_dtypes:
+        if other == dtype:
+            continue
+        other_repo = models.export(other, export_args)
+        for w in workloads:
+            log.info("%s: limit (%s) at the %s best batch size", w.name, other, dtype)
+            best = limit_of(dtype, w.name).texts_per_call
+            rows.append(limit_row(other_repo, w, other, plan, clean, (best,), plan.limit_sample[w.name] // 4))
+        with Processes(other_repo, log_dir, serve_args=serve_args) as procs:
+            for w in workloads:
+                rate = limit_of(other, w.name).sentences_per_s
+                rows += asyncio.run(networked(procs, w, other, plan, quiet, rate, c64_only=True))
+    return rows
+
+
+def _split(flags: list[str]) -> list[str]:
+    """--serve-arg="--max-wait-ms 2" and --serve-arg=--max-wait-ms=2 both work."""
+    return [part for flag in flags for part in flag.replace("=", " ", 1).split()]
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -247,17 +331,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the quick mode (under 3 minutes on 2 cores)")
     parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="dtype of limit, Triton and service rows (auto: fp16 on GPU, bf16 with AMX, else fp32)",
-    )
+        "--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+        help="dtype of the limit, Triton and service rows (auto: fp16 on a GPU, bf16 with AMX, else fp32)",
+    )  # fmt: skip
     parser.add_argument("--workloads", default="short,mixed", help="comma-separated: short, mixed")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.{json,md,png} go")
     parser.add_argument("--export-arg", action="append", default=[], help="extra `sentiment-server export` flag")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `sentiment-server serve` flag")
-    parser.add_argument("--no-inprocess", action="store_true", help="skip pipeline (and use --limit-rate)")
-    parser.add_argument("--limit-rate", type=float, default=0.0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -270,45 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     about = machine.describe()
     log.info("machine: %s", about)
-    # serve/export flags split on the first "=": --serve-arg=--max-wait-ms=2 and --serve-arg="--max-wait-ms 2" work
-    export_args = [part for arg in args.export_arg for part in arg.replace("=", " ", 1).split()]
-    serve_args = [part for arg in args.serve_arg for part in arg.replace("=", " ", 1).split()]
-
-    repository = models.export(dtype, export_args)
-    tokenizer_json = models.version_dir(repository) / "tokenizer.json"
+    quiet = machine.Quiet(MAX_FOREIGN_CORES, *plan.quiet)
+    tokenizer_json = models.version_dir(models.export(dtype, _split(args.export_arg))) / "tokenizer.json"
     workloads = [corpus.build(name, tokenizer_json) for name in args.workloads.split(",")]
     for w in workloads:
         log.info("workload %s", w.describe())
-    log_dir = models.CACHE / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-
-    rows: list[Row] = []
     try:
-        # In-process paths first, while nothing else of ours is running.
-        for w in workloads:
-            log.info("%s: limit (%s)", w.name, dtype)
-            rows.append(limit_row(repository, w, dtype, plan))
-            if not args.no_inprocess:
-                log.info("%s: transformers pipeline (fp32)", w.name)
-                rows.append(pipeline_row(w, plan))
-        with Processes(repository, log_dir, serve_args=serve_args) as procs:
-            for w in workloads:
-                rate = next(r.sentences_per_s for r in rows if r.path == "limit" and r.workload == w.name)
-                rows += asyncio.run(networked(procs, w, dtype, plan, rate))
-        for other in plan.other_dtypes:
-            if other == dtype:
-                continue
-            other_repo = models.export(other, export_args)
-            for w in workloads:
-                rows.append(limit_row(other_repo, w, other, plan))
-            with Processes(other_repo, log_dir, serve_args=serve_args) as procs:
-                for w in workloads:
-                    rate = next(
-                        r.sentences_per_s
-                        for r in rows
-                        if r.path == "limit" and r.dtype == other and r.workload == w.name
-                    )
-                    rows += asyncio.run(networked(procs, w, other, plan, rate, c64_only=True))
+        rows = measure_all(args, plan, dtype, workloads, quiet)
     except KeyboardInterrupt:
         log.warning("interrupted: processes stopped, nothing written")
         return 130
@@ -317,13 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: (order[(r.path, r.workload)], r.dtype != dtype, r.concurrency, r.texts_per_call))
     report.set_ratios(rows)
     elapsed = time.monotonic() - started
-    command = (
-        "python bench/run.py"
-        + (" --quick" if args.quick else "")
-        + "".join(f" {a}" for a in sys.argv[1:] if a != "--quick")
-    )
+    command = " ".join(["python bench/run.py", *(argv if argv is not None else sys.argv[1:])])
     header = (
-        f"Benchmark ({plan.name} mode, {elapsed:.0f} s): `{command.strip()}`\n\n"
+        f"Benchmark ({plan.name} mode, {elapsed:.0f} s): `{command}`\n\n"
         f"Machine: {about['cpu']}, {about['cores']} cores, bf16 hardware {about['bf16_hardware'] or 'none'}, "
         f"torch {about['torch']}, Python {about['python']}"
         + (f", GPU {about['gpu']}" if "gpu" in about else "")
@@ -331,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(w.describe() for w in workloads)
         + ".\n"
     )
-    text = header + "\n" + report.table(rows) + "\n"
+    text = header + "\n" + report.table(rows) + "\n\n" + report.summary(rows, dtype) + "\n"
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_json(rows, args.out / "latest.json")
