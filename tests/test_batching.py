@@ -268,3 +268,41 @@ async def test_the_wait_ends_when_nothing_is_in_flight():
     await first
     await c.stop()
     assert time.monotonic() - started < 1.0
+
+
+async def test_stop_does_not_hang_on_a_batch_waiting_to_fill():
+    infer = RecordingInfer(delay=0.2)
+    c = Coalescer(
+        infer, pad_token_id=0, max_batch_texts=64, max_batch_tokens=10_000, max_wait_s=30.0, max_concurrent_batches=2
+    )
+    c.start()
+    first = asyncio.ensure_future(c.submit([seq(1)], far()))
+    await asyncio.sleep(0.01)
+    waiting = asyncio.ensure_future(c.submit([seq(2)], far()))  # lingers: the first batch is running
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await asyncio.wait_for(c.stop(), 5)
+    assert time.monotonic() - started < 2
+    await asyncio.gather(first, waiting, return_exceptions=True)
+
+
+async def test_a_returning_batch_hands_its_slot_to_the_next_one():
+    """At full load the next batch is sent before the returning batch's callers are answered."""
+    order: list[str] = []
+
+    async def infer(ids, mask, deadline):
+        order.append(f"sent {ids.shape[0]}")
+        await asyncio.sleep(0.05)
+        return np.zeros((ids.shape[0], 2), dtype=np.float32)
+
+    c = Coalescer(infer, pad_token_id=0, max_batch_texts=2, max_batch_tokens=10_000, max_concurrent_batches=1)
+    c.start()
+
+    async def caller(i):
+        await c.submit([seq(i, i)], far())
+        order.append(f"answered {i}")
+
+    await asyncio.gather(*(caller(i) for i in range(1, 5)))
+    await c.stop()
+    # the second batch left before the first batch's callers were answered
+    assert order.index("sent 2", 1) < order.index("answered 1")

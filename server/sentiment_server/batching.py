@@ -146,7 +146,8 @@ class Coalescer:
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
-        await asyncio.gather(*self._batches, return_exceptions=True)
+        while self._batches:  # a returning batch may hand its slot to a new one
+            await asyncio.gather(*self._batches, return_exceptions=True)
         while self._queue:
             item = self._queue.popleft()
             if not item.future.done():
@@ -204,9 +205,13 @@ class Coalescer:
             self._start(group)
 
     def _start(self, group: list[_Pending]) -> None:
-        """Send `group` as one Triton request; the slot held for it is released when it is done."""
+        """Send `group` as one Triton request now; the slot held for it is released when it is done.
+
+        The Triton call is created here, synchronously, so that it goes out
+        before whatever else the event loop has queued (replies to callers).
+        """
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._dispatch(group))
+        task = asyncio.get_running_loop().create_task(self._dispatch(self._launch(group)))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
@@ -232,7 +237,10 @@ class Coalescer:
                 return
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation (stop()) that races with the event being set.
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
             except TimeoutError:
                 return
 
@@ -268,20 +276,30 @@ class Coalescer:
         self._queue.extendleft(reversed([item for item in taken if id(item) not in chosen]))
         return group
 
-    async def _dispatch(self, group: list[_Pending]) -> None:
-        try:
-            await self._run_group(group)
-        finally:
-            self._in_flight -= 1
-            self._slots.release()
-            self._wakeup.set()  # a lingering batch stops waiting once nothing is in flight
+    def _hand_over(self) -> bool:
+        """On a batch's return, start the next one on its slot before its callers are answered.
 
-    async def _run_group(self, group: list[_Pending]) -> None:
+        Answering a batch's callers takes the event loop a while; meanwhile the
+        model instance that ran it would sit idle. Returns False (the slot is
+        released as usual) when the queue is empty or the next batch should
+        wait to fill.
+        """
+        if not self._queue:
+            return False
+        enough = FILL_TOKENS_PER_OVERHEAD * max(1, self._overhead)
+        if self._max_wait > 0 and self._in_flight > 1 and self._queued_tokens(enough) < enough:
+            return False  # the coalescer's task lets it fill a little
+        group = self._take()
+        if not group:
+            return False
+        self._start(group)
+        return True
+
+    def _launch(self, group: list[_Pending]) -> _Launched | None:
         live = [item for item in group if not item.future.done()]
         if not live:
-            return
+            return None
         input_ids, attention_mask = pad_batch([item.ids for item in live], self._pad)
-        started = time.monotonic()
         call = asyncio.get_running_loop().create_task(
             self._infer(input_ids, attention_mask, max(item.deadline for item in live)), context=live[0].context
         )
@@ -292,23 +310,51 @@ class Coalescer:
 
         for item in live:
             item.future.add_done_callback(cancel_when_all_callers_left)
+        return _Launched(live, call, time.monotonic(), attention_mask)
+
+    async def _dispatch(self, launched: _Launched | None) -> None:
+        handed_over = False
+        try:
+            if launched is not None:
+                handed_over = await self._finish(launched)
+        finally:
+            self._in_flight -= 1
+            if not handed_over:
+                self._slots.release()
+            self._wakeup.set()  # a lingering batch stops waiting once nothing is in flight
+
+    async def _finish(self, launched: _Launched) -> bool:
+        """Wait for the Triton call and answer its callers; returns whether the slot went to a next batch."""
+        live, call, started = launched.live, launched.call, launched.started
         try:
             logits = await call
             if logits.shape[0] != len(live):
                 raise TritonFailure(f"triton returned {logits.shape[0]} rows for {len(live)} texts")
         except asyncio.CancelledError:
             if call.cancelled() and not _current_task_cancelling():
-                return  # every caller left
+                return False  # every caller left
             raise
         except Exception as exc:  # every waiting caller gets the batch's error
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(exc)
-            return
+            return False
         took = time.monotonic() - started
+        handed_over = self._hand_over()
         for row, item in enumerate(live):
             if not item.future.done():
                 item.future.set_result((logits[row], started - item.enqueued, took))
         if self._on_batch is not None:
-            real = int(attention_mask.sum())
-            self._on_batch(BatchStats(len(live), real, int(attention_mask.size)))
+            mask = launched.attention_mask
+            self._on_batch(BatchStats(len(live), int(mask.sum()), int(mask.size)))
+        return handed_over
+
+
+@dataclass
+class _Launched:
+    """A batch whose Triton call is on its way."""
+
+    live: list[_Pending]
+    call: asyncio.Task[Logits]
+    started: float
+    attention_mask: IdArray
