@@ -134,6 +134,7 @@ class Coalescer:
         self._runner: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # batches dispatched and not finished
+        self._stopping = False
 
     @property
     def queued_texts(self) -> int:
@@ -143,11 +144,11 @@ class Coalescer:
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="coalescer")
 
     async def stop(self) -> None:
+        self._stopping = True  # batches already sent finish; nothing new is sent
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
-        while self._batches:  # a returning batch may hand its slot to a new one
-            await asyncio.gather(*self._batches, return_exceptions=True)
+        await asyncio.gather(*self._batches, return_exceptions=True)
         while self._queue:
             item = self._queue.popleft()
             if not item.future.done():
@@ -284,7 +285,7 @@ class Coalescer:
         released as usual) when the queue is empty or the next batch should
         wait to fill.
         """
-        if not self._queue:
+        if self._stopping or not self._queue:
             return False
         enough = FILL_TOKENS_PER_OVERHEAD * max(1, self._overhead)
         if self._max_wait > 0 and self._in_flight > 1 and self._queued_tokens(enough) < enough:
