@@ -173,6 +173,12 @@ def test_bf16_export_passes_its_parity_check(tmp_path: Path, checkpoint: Path) -
     np.testing.assert_allclose(probs, ref, atol=0.02, rtol=0)
 
 
+def test_int8_is_refused_for_a_gpu(tmp_path: Path, checkpoint: Path) -> None:
+    with pytest.raises(ExportError, match="CPUs only"):
+        export_model(str(checkpoint), tmp_path, dtype="int8", device="gpu")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fp16_is_refused_without_a_gpu(tmp_path: Path, checkpoint: Path) -> None:
     with pytest.raises(ExportError, match="GPU"):
         export_model(str(checkpoint), tmp_path, dtype="fp16", device="cpu")

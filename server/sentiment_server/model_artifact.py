@@ -33,7 +33,7 @@ INFO_FILE = "model_info.json"
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
 BACKENDS = ("python", "pytorch")
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "bf16", "fp16", "int8")  # int8: dynamically quantized Linear layers, CPU
 
 
 @dataclass(frozen=True)

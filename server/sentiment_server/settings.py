@@ -38,7 +38,9 @@ class ModelSettings:
 class ExportSettings(ModelSettings):
     checkpoint: str = _opt(DEFAULT_CHECKPOINT, "Hugging Face Hub id or local checkpoint directory")
     backend: str = _opt("python", "Triton backend for model.pt", ("python", "pytorch"))
-    dtype: str = _opt("fp32", "weights dtype in Triton", ("fp32", "bf16", "fp16"))
+    dtype: str = _opt(
+        "fp32", "weights dtype in Triton (int8: quantized Linear layers, CPU)", ("fp32", "bf16", "fp16", "int8")
+    )
     device: str = _opt("cpu", "where Triton runs the model", ("cpu", "gpu"))
     max_batch_size: int = _opt(64, "Triton max_batch_size")
     # One single-threaded instance per CPU core beats one instance using every
