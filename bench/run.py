@@ -65,21 +65,22 @@ class Plan:
     batch_concurrency: int = 2
     stream_window: int = 64
     direct_concurrency: tuple[int, ...] = (1, 64)
-    other_dtypes: tuple[str, ...] = ()  # the limit and service c64 in these too
+    other_dtypes: tuple[str, ...] = ()  # the limit and the service's throughput rows in these too
     limit_unsorted: bool = False  # also time the best batch size on texts in corpus order
     skip: frozenset[str] = field(default_factory=frozenset)  # "workload:cell" left out
 
 
 QUICK = Plan(
     name="quick",
-    limit_batches={"short": (16, 32, 64), "mixed": (4, 8)},
+    limit_batches={"short": (32, 64), "mixed": (4, 8)},
     limit_sample={"short": 256, "mixed": 64},
-    pipeline_batches={"short": (32,), "mixed": (1, 4)},
+    pipeline_batches={"short": (32,), "mixed": (1,)},
     pipeline_sample={"short": 128, "mixed": 24},
     min_measure_s=3.0,
     turns=3.0,
-    c1_seconds={"short": 6.0, "mixed": 6.0},
+    c1_seconds={"short": 6.0, "mixed": 5.0},
     quiet=(2, 5.0, 20.0),
+    other_dtypes=("int8",),
     skip=frozenset({"mixed:service_unary:16", "mixed:triton_batch", "mixed:triton_direct:64"}),
 )
 FULL = Plan(
@@ -92,7 +93,7 @@ FULL = Plan(
     turns=5.0,
     c1_seconds={"short": 20.0, "mixed": 30.0},
     quiet=(3, 30.0, 240.0),
-    other_dtypes=("bf16",),
+    other_dtypes=("int8", "bf16"),
     limit_unsorted=True,
 )
 MAX_FOREIGN_CORES = 0.15  # a measurement during which others used more is repeated
@@ -176,7 +177,7 @@ async def networked(
     quiet: machine.Quiet,
     rate: float,
     *,
-    c64_only: bool = False,
+    throughput_only: bool = False,
 ) -> list[Row]:
     """Triton direct and the service's rows for one workload; `rate` (the limit) sizes the windows."""
     assert procs.triton is not None and procs.front is not None
@@ -196,11 +197,18 @@ async def networked(
         # Warm-up: every process has run a few batches before anything is timed.
         await direct.measure(4, 1, 0.0, 1.0)
         await service.measure(16, 1, 0.0, 1.0)
-        if c64_only:
+        if throughput_only:  # another dtype: the service's highest-throughput rows only
             c = max(wanted)
             log.info("%s: service, %d callers, one text each (%s)", name, c, dtype)
             m, notes = await cell.measure(partial(service.measure, c, 1, *window(plan, rate, c, turns=2.0)))
             row("service_unary", c, 1, m, **notes)
+            log.info(
+                "%s: service, %d callers, %d texts each (%s)", name, plan.batch_concurrency, plan.batch_texts, dtype
+            )
+            m, notes = await cell.measure(
+                lambda: service.measure(plan.batch_concurrency, plan.batch_texts, *window(plan, rate, in_batch, 2.0))
+            )
+            row("service_batch", plan.batch_concurrency, plan.batch_texts, m, **notes)
             return rows
 
         log.info("%s: concurrency 1, Triton direct and service text by text", name)
@@ -314,7 +322,7 @@ def measure_all(
         with Processes(other_repo, log_dir, serve_args=serve_args) as procs:
             for w in workloads:
                 rate = limit_of(other, w.name).sentences_per_s
-                rows += asyncio.run(networked(procs, w, other, plan, quiet, rate, c64_only=True))
+                rows += asyncio.run(networked(procs, w, other, plan, quiet, rate, throughput_only=True))
     return rows
 
 
@@ -331,7 +339,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the quick mode (under 3 minutes on 2 cores)")
     parser.add_argument(
-        "--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+        "--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
         help="dtype of the limit, Triton and service rows (auto: fp16 on a GPU, bf16 with AMX, else fp32)",
     )  # fmt: skip
     parser.add_argument("--workloads", default="short,mixed", help="comma-separated: short, mixed")

@@ -323,7 +323,8 @@ def test_config_pbtxt_is_a_valid_triton_model_config(
     assert [(g.count, g.kind) for g in config.instance_group] == [
         (1, model_config_pb2.ModelInstanceGroup.Kind.KIND_CPU)
     ]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert config.HasField("dynamic_batching")
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0  # never holds a batch back
     parameters = {k: v.string_value for k, v in config.parameters.items()}
     if backend == "python":
         assert all(i.allow_ragged_batch for i in config.input)  # model.py pads per batch

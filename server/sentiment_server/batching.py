@@ -171,7 +171,9 @@ class Coalescer:
                 if self._queue:
                     self._wakeup.set()  # texts of this request left for later batches
                 if group:
-                    self._start(group)
+                    # In this task, not a new one: two fewer event-loop hops for a lone caller.
+                    self._in_flight += 1
+                    await self._dispatch(self._launch(group, inline=True))
                 else:  # expired before it was sent
                     self._slots.release()
             else:
@@ -296,14 +298,16 @@ class Coalescer:
         self._start(group)
         return True
 
-    def _launch(self, group: list[_Pending]) -> _Launched | None:
+    def _launch(self, group: list[_Pending], inline: bool = False) -> _Launched | None:
+        """Start the group's Triton call; `inline`: the caller of a lone request awaits it in its own task."""
         live = [item for item in group if not item.future.done()]
         if not live:
             return None
         input_ids, attention_mask = pad_batch([item.ids for item in live], self._pad)
-        call = asyncio.get_running_loop().create_task(
-            self._infer(input_ids, attention_mask, max(item.deadline for item in live)), context=live[0].context
-        )
+        request = self._infer(input_ids, attention_mask, max(item.deadline for item in live))
+        if inline:  # the caller's own cancellation cancels the call directly
+            return _Launched(live, request, time.monotonic(), attention_mask)
+        call = asyncio.get_running_loop().create_task(request, context=live[0].context)
 
         def cancel_when_all_callers_left(_: object) -> None:
             if all(item.future.cancelled() for item in live):
@@ -332,7 +336,7 @@ class Coalescer:
             if logits.shape[0] != len(live):
                 raise TritonFailure(f"triton returned {logits.shape[0]} rows for {len(live)} texts")
         except asyncio.CancelledError:
-            if call.cancelled() and not _current_task_cancelling():
+            if isinstance(call, asyncio.Task) and call.cancelled() and not _current_task_cancelling():
                 return False  # every caller left
             raise
         except Exception as exc:  # every waiting caller gets the batch's error
@@ -348,6 +352,8 @@ class Coalescer:
         if self._on_batch is not None:
             mask = launched.attention_mask
             self._on_batch(BatchStats(len(live), int(mask.sum()), int(mask.size)))
+        if handed_over and not isinstance(call, asyncio.Task):
+            await asyncio.sleep(0)  # inline: let the next batch go out before this caller carries on
         return handed_over
 
 
@@ -356,6 +362,6 @@ class _Launched:
     """A batch whose Triton call is on its way."""
 
     live: list[_Pending]
-    call: asyncio.Task[Logits]
+    call: asyncio.Task[Logits] | Coroutine[Any, Any, Logits]  # a coroutine when run inline
     started: float
     attention_mask: IdArray

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .batching import BatchStats
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Stages(NamedTuple):
+    """The stage histogram's children, bound once (a labels() lookup per call costs a few microseconds)."""
+
+    tokenize: Any
+    queue: Any
+    triton: Any
+    total: Any
 
 
 class Metrics:
@@ -38,6 +49,19 @@ class Metrics:
         self.triton_errors = Counter("sentiment_triton_errors", "failed Triton calls by kind", ["kind"], registry=r)
         self.padded_tokens = Counter("sentiment_padded_tokens", "tokens sent to Triton, padding included", registry=r)
         self.real_tokens = Counter("sentiment_real_tokens", "tokens sent to Triton, padding excluded", registry=r)
+
+        self._per_call: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def stages(self) -> Stages:
+        return Stages(*(self.stage.labels(stage=name) for name in Stages._fields))
+
+    def count_request(self, method: str, code: str, seconds: float) -> None:
+        children = self._per_call.get((method, code))
+        if children is None:  # a handful of (method, code) pairs ever occur
+            children = (self.requests.labels(method=method, code=code), self.latency.labels(method=method))
+            self._per_call[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_texts.observe(stats.texts)

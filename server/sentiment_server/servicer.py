@@ -111,6 +111,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         self.deadlines = deadlines
         self.metrics = metrics
         self.accepting = True
+        self._stages = metrics.stages()
         info = pipeline.info
         self._model_name = info.model_name
         self._model_version = info.version
@@ -148,8 +149,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             raise  # unreachable: abort raises
         finally:
             elapsed = time.monotonic() - started
-            self.metrics.requests.labels(method=method, code=code.name).inc()
-            self.metrics.latency.labels(method=method).observe(elapsed)
+            self.metrics.count_request(method, code.name, elapsed)
             if self.access_log:
                 log.info("request %s %s %s texts=%d %.1fms", rid, method, code.name, texts, elapsed * 1000)
 
@@ -161,16 +161,13 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             max_length=request.truncation.max_length,
             truncation=_truncation(request.truncation),
         )
-        self.pipeline.validate_texts(texts)
         output = await self.pipeline.classify(texts, options, self.deadlines.deadline(context))
         t = output.timings
-        for stage, seconds in (
-            ("tokenize", t.tokenize_s),
-            ("queue", t.queue_s),
-            ("triton", t.inference_s),
-            ("total", t.total_s),
-        ):
-            self.metrics.stage.labels(stage=stage).observe(seconds)
+        stages = self._stages
+        stages.tokenize.observe(t.tokenize_s)
+        stages.queue.observe(t.queue_s)
+        stages.triton.observe(t.inference_s)
+        stages.total.observe(t.total_s)
         self.metrics.texts.inc(len(texts))
         return _classify_response(output, rid, self._model_name, self._model_version)
 

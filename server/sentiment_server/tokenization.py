@@ -40,6 +40,9 @@ class TextTokenizer:
         self.num_special_tokens = probe.post_processor.num_special_tokens_to_add(False) if probe.post_processor else 0
 
     def _tokenizer(self, max_length: int) -> Tokenizer:
+        tok = self._by_length.get(max_length)  # made once per length: the lock only guards making it
+        if tok is not None:
+            return tok
         with self._lock:
             tok = self._by_length.get(max_length)
             if tok is None:
