@@ -8,9 +8,9 @@ config.pbtxt when the instance or thread settings change.
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 
 from procs import SENTIMENT_SERVER
@@ -33,7 +33,8 @@ def checkpoint() -> Path:
     return path
 
 
-def export(dtype: str, args: Sequence[str] = ()) -> Path:
+@functools.cache  # once per run and dtype: even a no-op export loads the checkpoint (seconds)
+def export(dtype: str, args: tuple[str, ...] = ()) -> Path:
     """`sentiment-server export` of the checkpoint into bench/.cache/repo-<dtype>; returns the repository."""
     repository = CACHE / f"repo-{dtype}"
     command = [
