@@ -105,8 +105,8 @@ class CpuMonitor:
     def __exit__(self, *exc: object) -> None:
         elapsed = max(1e-6, time.monotonic() - self._t0)
         busy1, _ = _busy_ticks()
-        ours = sum(max(0, _process_ticks(pid) - t0) for pid, t0 in self._ours0.items())
-        self.share = CpuShare((busy1 - self._busy0) / _TICKS / elapsed, ours / _TICKS / elapsed)
+        self.per_pid = {pid: max(0, _process_ticks(pid) - t0) / _TICKS / elapsed for pid, t0 in self._ours0.items()}
+        self.share = CpuShare((busy1 - self._busy0) / _TICKS / elapsed, sum(self.per_pid.values()))
 
 
 class Quiet:

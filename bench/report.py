@@ -98,6 +98,11 @@ def _note(row: Row) -> str:
         parts.append(
             f"p50 {n['p50_above_direct_ms']:+.2f} ms vs Triton direct (paired median {n['paired_median_above_direct_ms']:+.2f})"
         )
+    if "cpu_split" in n:
+        split = n["cpu_split"]
+        parts.append(
+            f"cores: Triton {split['triton']:.2f}, front-end {split['front_end']:.2f}, client {split['client']:.2f}"
+        )
     if "foreign_cpu" in n and n["foreign_cpu"] >= 0.1:
         parts.append(f"others used {n['foreign_cpu']:.1f} cores")
     return ", ".join(parts)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -131,9 +132,17 @@ class Cell:
         with machine.CpuMonitor(self.procs.child_pids()) as cpu:
             m = await make()
         after = front.metrics() if front else {}
+        # Cores used meanwhile, by whom: Triton (server and model stubs), front-end, this client.
+        front_cpu = cpu.per_pid.get(front.process.pid, 0.0) if front else 0.0
+        client_cpu = cpu.per_pid.get(os.getpid(), 0.0)
         notes: dict[str, Any] = {
             "foreign_cpu": round(cpu.share.foreign_cores, 2),
             "ours_cpu": round(cpu.share.ours_cores, 2),
+            "cpu_split": {
+                "triton": round(cpu.share.ours_cores - front_cpu - client_cpu, 2),
+                "front_end": round(front_cpu, 2),
+                "client": round(client_cpu, 2),
+            },
         }
 
         def delta(name: str) -> float:
