@@ -306,3 +306,26 @@ async def test_a_returning_batch_hands_its_slot_to_the_next_one():
     await c.stop()
     # the second batch left before the first batch's callers were answered
     assert order.index("sent 2", 1) < order.index("answered 1")
+
+
+async def test_a_lone_callers_batch_runs_in_its_own_task_and_frees_the_slot_when_cancelled():
+    tasks: list[asyncio.Task[object] | None] = []
+    block = True
+
+    async def infer(ids, mask, deadline):
+        tasks.append(asyncio.current_task())
+        if block:
+            await asyncio.sleep(10)
+        return np.zeros((ids.shape[0], 2), dtype=np.float32)
+
+    c = Coalescer(infer, pad_token_id=0, max_batch_texts=8, max_batch_tokens=100, max_concurrent_batches=1)
+    c.start()
+    call = asyncio.ensure_future(c.submit([seq(1, 2)], far()))
+    await asyncio.sleep(0.01)
+    assert tasks == [call]  # no task of its own: the caller's
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    block = False
+    result = await asyncio.wait_for(c.submit([seq(3)], far()), 1)  # the only slot is free again
+    assert result.logits.shape == (1, 2)
+    await c.stop()
