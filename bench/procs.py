@@ -156,7 +156,7 @@ class Processes:
         pids = []
         if self.triton is not None and self.triton.pid is not None:
             pids.append(self.triton.pid)
-            pids.extend(_children(self.triton.pid))
+            pids.extend(children(self.triton.pid))
         if self.front is not None:
             pids.append(self.front.process.pid)
         return pids
@@ -175,11 +175,12 @@ class Processes:
         self.close()
 
 
-def _children(pid: int) -> Iterator[int]:
+def children(pid: int) -> Iterator[int]:
+    """Every descendant of `pid` (Triton's Python backend stubs), from /proc."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
         return
     for child in text.split():
         yield int(child)
-        yield from _children(int(child))
+        yield from children(int(child))

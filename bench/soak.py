@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -45,6 +44,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from procs import children
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "soak.json"
@@ -103,16 +103,6 @@ def proc_stats(pids: list[int]) -> ProcStats | None:
         fds += count
         alive += 1
     return ProcStats(rss, anon, shmem, fds, threads, alive) if alive else None
-
-
-def children(pid: int) -> Iterator[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return
-    for child in text.split():
-        yield int(child)
-        yield from children(int(child))
 
 
 @dataclass
