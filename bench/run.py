@@ -202,22 +202,24 @@ async def networked(
     def row(path: str, concurrency: int, texts: int, m: Measurement, **notes: Any) -> None:
         rows.append(Row.of(path, name, concurrency, texts, m, dtype, **notes))
 
+    async def service_unary(c: int, turns: float | None = None) -> None:
+        log.info("%s: service, %d callers, one text each (%s)", name, c, dtype)
+        m, notes = await cell.measure(partial(service.measure, c, 1, *window(plan, rate, c, turns)))
+        row("service_unary", c, 1, m, **notes)
+
+    async def service_batch(turns: float | None = None) -> None:
+        callers, texts = plan.batch_concurrency, plan.batch_texts
+        log.info("%s: service, %d callers, %d texts each (%s)", name, callers, texts, dtype)
+        m, notes = await cell.measure(partial(service.measure, callers, texts, *window(plan, rate, in_batch, turns)))
+        row("service_batch", callers, texts, m, **notes)
+
     try:
         # Warm-up: every process has run a few batches before anything is timed.
         await direct.measure(4, 1, 0.0, 1.0)
         await service.measure(16, 1, 0.0, 1.0)
         if throughput_only:  # another dtype: the service's highest-throughput rows only
-            c = max(wanted)
-            log.info("%s: service, %d callers, one text each (%s)", name, c, dtype)
-            m, notes = await cell.measure(partial(service.measure, c, 1, *window(plan, rate, c, turns=2.0)))
-            row("service_unary", c, 1, m, **notes)
-            log.info(
-                "%s: service, %d callers, %d texts each (%s)", name, plan.batch_concurrency, plan.batch_texts, dtype
-            )
-            m, notes = await cell.measure(
-                lambda: service.measure(plan.batch_concurrency, plan.batch_texts, *window(plan, rate, in_batch, 2.0))
-            )
-            row("service_batch", plan.batch_concurrency, plan.batch_texts, m, **notes)
+            await service_unary(max(wanted), turns=2.0)
+            await service_batch(turns=2.0)
             return rows
 
         log.info("%s: concurrency 1, Triton direct and service text by text", name)
@@ -239,14 +241,8 @@ async def networked(
             row("triton_direct", plan.batch_concurrency, plan.batch_texts, m, **notes)
         for c in wanted:
             if c > 1:
-                log.info("%s: service, %d callers, one text each", name, c)
-                m, notes = await cell.measure(partial(service.measure, c, 1, *window(plan, rate, c)))
-                row("service_unary", c, 1, m, **notes)
-        log.info("%s: service, %d callers, %d texts each", name, plan.batch_concurrency, plan.batch_texts)
-        m, notes = await cell.measure(
-            lambda: service.measure(plan.batch_concurrency, plan.batch_texts, *window(plan, rate, in_batch))
-        )
-        row("service_batch", plan.batch_concurrency, plan.batch_texts, m, **notes)
+                await service_unary(c)
+        await service_batch()
         if f"{name}:service_stream" not in plan.skip:
             log.info("%s: service stream, %d messages in flight", name, plan.stream_window)
             m, notes = await cell.measure(
