@@ -47,18 +47,15 @@ def _pick(results: dict[int, Measurement], padding: dict[int, float] | None = No
 
 
 def _batches(encoded: list[list[int]], size: int, device: Any) -> list[tuple[Any, Any]]:
+    """Padded exactly as the front-end pads (pad id 0, like the exported DistilBERT)."""
+    import numpy as np
     import torch
+    from sentiment_server.tokenization import pad_batch
 
     batches = []
     for start in range(0, len(encoded), size):
-        group = encoded[start : start + size]
-        width = max(len(ids) for ids in group)
-        ids = torch.zeros((len(group), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, seq in enumerate(group):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        batches.append((ids.to(device), mask.to(device)))
+        ids, mask = pad_batch([np.asarray(seq, dtype=np.int64) for seq in encoded[start : start + size]], 0)
+        batches.append((torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)))
     return batches
 
 
