@@ -279,6 +279,10 @@ class Coalescer:
         self._queue.extendleft(reversed([item for item in taken if id(item) not in chosen]))
         return group
 
+    def _record_batch(self, mask: IdArray) -> None:
+        assert self._on_batch is not None
+        self._on_batch(BatchStats(len(mask), int(mask.sum()), int(mask.size)))
+
     def _hand_over(self) -> bool:
         """On a batch's return, start the next one on its slot before its callers are answered.
 
@@ -349,9 +353,8 @@ class Coalescer:
         for row, item in enumerate(live):
             if not item.future.done():
                 item.future.set_result((logits[row], started - item.enqueued, took))
-        if self._on_batch is not None:
-            mask = launched.attention_mask
-            self._on_batch(BatchStats(len(live), int(mask.sum()), int(mask.size)))
+        if self._on_batch is not None:  # after the replies are on their way: not on any caller's path
+            asyncio.get_running_loop().call_soon(self._record_batch, launched.attention_mask)
         if handed_over and not isinstance(call, asyncio.Task):
             await asyncio.sleep(0)  # inline: let the next batch go out before this caller carries on
         return handed_over

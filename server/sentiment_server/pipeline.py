@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
@@ -14,7 +16,8 @@ from .postprocess import RankedLabel, probabilities, rank
 from .tokenization import EncodedText, TextTokenizer
 
 # Requests with at most this many characters are tokenized on the event loop
-# (about 0.4 ms of work at most); larger ones in a worker thread.
+# (about 0.4 ms of work at most); larger ones in a worker thread, unless no
+# other call is in flight (nothing would run meanwhile: the hop only adds latency).
 INLINE_TOKENIZE_CHARS = 1024
 
 
@@ -65,6 +68,7 @@ class ClassificationPipeline:
         self.tokenizer = tokenizer
         self.coalescer = coalescer
         self.limits = limits
+        self._in_flight = 0  # calls between tokenizing and their reply
 
     def validate_texts(self, texts: list[str]) -> None:
         """Checks that need no tokenizing; run before any work is spent on the request."""
@@ -87,8 +91,8 @@ class ClassificationPipeline:
     ) -> list[EncodedText]:
         self.validate_texts(texts)
         max_length = self.tokenizer.resolve_max_length(max_length)
-        if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
-            # Tens of microseconds: cheaper here than the hop to a thread and back.
+        if self._in_flight <= 1 or sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
+            # Alone, or tens of microseconds: cheaper here than the hop to a thread and back.
             encoded = self.tokenizer.encode(texts, max_length, with_tokens)
         else:
             # The Rust tokenizer releases the GIL: run it off the event loop.
@@ -102,16 +106,26 @@ class ClassificationPipeline:
         return encoded
 
     async def tokenize(self, texts: list[str], max_length: int, truncation: Truncation) -> list[EncodedText]:
-        return await self._encode(texts, max_length, truncation, with_tokens=True)
+        with self._counted():
+            return await self._encode(texts, max_length, truncation, with_tokens=True)
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
 
     async def classify(self, texts: list[str], options: ClassifyOptions, deadline: float) -> ClassifyOutput:
         """`deadline` is a time.monotonic() instant."""
         if options.top_k < 0:
             raise InvalidInput("top_k must not be negative")
         started = time.monotonic()
-        encoded = await self._encode(texts, options.max_length, options.truncation)
-        tokenized = time.monotonic()
-        submitted = await self.coalescer.submit([e.ids for e in encoded], deadline)
+        with self._counted():
+            encoded = await self._encode(texts, options.max_length, options.truncation)
+            tokenized = time.monotonic()
+            submitted = await self.coalescer.submit([e.ids for e in encoded], deadline)
         probs = probabilities(submitted.logits, self.info.problem_type)
         ranked = rank(probs, self.info.labels, options.top_k)
         results = [

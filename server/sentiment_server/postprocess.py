@@ -53,7 +53,7 @@ def rank(probs: npt.ArrayLike, labels: list[str], top_k: int) -> list[list[Ranke
     p = np.asarray(probs, dtype=np.float64)
     k = len(labels) if top_k <= 0 else min(top_k, len(labels))
     order = np.argsort(-p, axis=-1, kind="stable")[:, :k]
+    # Plain Python numbers: indexing NumPy arrays element by element costs more than the sort.
     return [
-        [RankedLabel(int(i), labels[int(i)], float(row[int(i)])) for i in idx]
-        for row, idx in zip(p, order, strict=True)
+        [RankedLabel(i, labels[i], row[i]) for i in idx] for row, idx in zip(p.tolist(), order.tolist(), strict=True)
     ]

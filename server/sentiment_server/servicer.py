@@ -20,7 +20,7 @@ from .admission import Admission
 from .errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ShuttingDown, TritonFailure, to_status
 from .metrics import Metrics
 from .model_artifact import MULTI_LABEL
-from .pipeline import ClassificationPipeline, ClassifyOptions, ClassifyOutput, Truncation
+from .pipeline import ClassificationPipeline, ClassifyOptions, ClassifyOutput, Timings, Truncation
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,8 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             raise  # unreachable: abort raises
         finally:
             elapsed = time.monotonic() - started
-            self.metrics.count_request(method, code.name, elapsed)
+            # Metrics are kept once the reply is on its way, not on the caller's path.
+            asyncio.get_running_loop().call_soon(self.metrics.count_request, method, code.name, elapsed)
             if self.access_log:
                 log.info("request %s %s %s texts=%d %.1fms", rid, method, code.name, texts, elapsed * 1000)
 
@@ -162,14 +163,16 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             truncation=_truncation(request.truncation),
         )
         output = await self.pipeline.classify(texts, options, self.deadlines.deadline(context))
-        t = output.timings
+        asyncio.get_running_loop().call_soon(self._observe, output.timings, len(texts))
+        return _classify_response(output, rid, self._model_name, self._model_version)
+
+    def _observe(self, t: Timings, texts: int) -> None:
         stages = self._stages
         stages.tokenize.observe(t.tokenize_s)
         stages.queue.observe(t.queue_s)
         stages.triton.observe(t.inference_s)
         stages.total.observe(t.total_s)
-        self.metrics.texts.inc(len(texts))
-        return _classify_response(output, rid, self._model_name, self._model_version)
+        self.metrics.texts.inc(texts)
 
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
         return await self._handle(

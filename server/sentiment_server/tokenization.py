@@ -81,6 +81,9 @@ class TextTokenizer:
 
 def pad_batch(sequences: list[IdArray], pad_token_id: int) -> tuple[IdArray, IdArray]:
     """Right-pad to the longest sequence: (input_ids, attention_mask), both int64 [batch, length]."""
+    if len(sequences) == 1:  # a lone text: nothing to pad
+        ids = np.asarray(sequences[0], dtype=np.int64).reshape(1, -1)
+        return ids, np.ones_like(ids)
     length = max(len(s) for s in sequences)
     ids = np.full((len(sequences), length), pad_token_id, dtype=np.int64)
     mask = np.zeros((len(sequences), length), dtype=np.int64)
