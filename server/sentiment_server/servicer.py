@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -55,12 +55,12 @@ class DeadlinePolicy:
         return time.monotonic() + budget
 
 
-def request_id(context: Context) -> str:
-    """The caller's x-request-id when it is safe to log, else a fresh one."""
-    for key, value in context.invocation_metadata() or ():
+def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
+    """The caller's x-request-id when it is safe to log, else a fresh one (32 hex digits, like uuid4().hex)."""
+    for key, value in metadata:
         if key == REQUEST_ID_KEY and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
             return value
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def _truncation(options: pb.TruncationOptions) -> Truncation:
@@ -118,7 +118,8 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
 
     async def _handle(self, method: str, context: Context, texts: int, work: Callable[[str], Awaitable[T]]) -> T:
         """Request id, admission, metrics and the error table around one call."""
-        rid = request_id(context)
+        metadata = context.invocation_metadata() or ()
+        rid = request_id(metadata)
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         started = time.monotonic()
         code = grpc.StatusCode.OK
@@ -127,7 +128,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
                 raise ShuttingDown("server is shutting down")
             with (
                 self.admission.admit(texts),
-                tracing.server_span(method, context.invocation_metadata() or (), rid),
+                tracing.server_span(method, metadata, rid),
             ):
                 self.metrics.in_flight.inc()
                 try:
