@@ -1,6 +1,6 @@
 """The floor under the concurrency-1 overhead: what one Python grpc.aio hop in the middle costs.
 
-`python bench/grpc_floor.py [--calls N]` starts, on 127.0.0.1, an echo server
+`python bench/grpc_floor.py [--calls N] [--gap-ms MS]` starts, on 127.0.0.1, an echo server
 (Classify answers an empty response at once) and a proxy that forwards each
 Classify to the echo server with grpc.aio, the way the front-end forwards to
 Triton, and does nothing else. It times, from one grpc.aio client, calls to
@@ -63,12 +63,14 @@ def start(upstream: str | None) -> tuple[subprocess.Popen[str], str]:
     return process, match.group(1)
 
 
-async def measure(direct: str, proxied: str, calls: int) -> None:
+async def measure(direct: str, proxied: str, calls: int, gap_s: float) -> None:
     request = pb.ClassifyRequest(texts=["I've been waiting for a HuggingFace course my whole life."])
     stubs = [pb_grpc.SentimentServiceStub(grpc.aio.insecure_channel(t)) for t in (direct, proxied)]  # type: ignore[no-untyped-call]
     times: list[list[float]] = [[], []]
     for index in range(calls + 200):  # the first 200 warm up
         for who in (0, 1) if index % 2 == 0 else (1, 0):
+            if gap_s:
+                await asyncio.sleep(gap_s)  # idle, as while the model computes
             started = time.perf_counter()
             await stubs[who].Classify(request)
             if index >= 200:
@@ -82,6 +84,9 @@ async def measure(direct: str, proxied: str, calls: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument(
+        "--gap-ms", type=float, default=0.0, help="idle time before each call (concurrency 1 waits ~35 ms on the model)"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -93,7 +98,7 @@ def main() -> int:
     try:
         proxy, proxy_target = start(echo_target)
         processes.append(proxy)
-        asyncio.run(measure(echo_target, proxy_target, args.calls))
+        asyncio.run(measure(echo_target, proxy_target, args.calls, args.gap_ms / 1000))
     finally:
         for process in processes:
             os.kill(process.pid, signal.SIGTERM)
