@@ -68,7 +68,7 @@ class ClassificationPipeline:
         self.tokenizer = tokenizer
         self.coalescer = coalescer
         self.limits = limits
-        self._in_flight = 0  # calls between tokenizing and their reply
+        self._in_flight = 0  # calls being tokenized or waiting for their batch
 
     def validate_texts(self, texts: list[str]) -> None:
         """Checks that need no tokenizing; run before any work is spent on the request."""
