@@ -93,7 +93,7 @@ class BatchStats:
 
 @dataclass(frozen=True)
 class SubmitResult:
-    logits: Logits  # [texts, labels], in submission order
+    logits: list[list[float]]  # per text, in submission order: one row of logits
     queue_s: float  # longest wait of any text before its batch left
     inference_s: float  # longest Triton call among the text's batches
 
@@ -103,7 +103,7 @@ class _Pending:
     ids: IdArray
     deadline: float
     enqueued: float
-    future: asyncio.Future[tuple[Logits, float, float]] = field(repr=False)
+    future: asyncio.Future[tuple[list[float], float, float]] = field(repr=False)
     # The caller's context (its trace span, when tracing): the batch's Triton call runs in its first caller's.
     context: contextvars.Context = field(default_factory=contextvars.copy_context, repr=False)
 
@@ -187,7 +187,7 @@ class Coalescer:
                 item.future.cancel()
             raise
         return SubmitResult(
-            logits=np.stack([r[0] for r in rows]),
+            logits=[r[0] for r in rows],
             queue_s=max(r[1] for r in rows),
             inference_s=max(r[2] for r in rows),
         )
@@ -350,9 +350,10 @@ class Coalescer:
             return False
         took = time.monotonic() - started
         handed_over = self._hand_over()
-        for row, item in enumerate(live):
+        # Plain Python rows: what is left per text is a few numbers, cheaper without NumPy.
+        for row, item in zip(logits.tolist(), live, strict=True):
             if not item.future.done():
-                item.future.set_result((logits[row], started - item.enqueued, took))
+                item.future.set_result((row, started - item.enqueued, took))
         if self._on_batch is not None:  # after the replies are on their way: not on any caller's path
             asyncio.get_running_loop().call_soon(self._record_batch, launched.attention_mask)
         if handed_over and not isinstance(call, asyncio.Task):

@@ -131,7 +131,7 @@ class ClassificationPipeline:
         results = [
             TextResult(
                 labels=labels,
-                logits=[float(x) for x in row] if options.return_logits else [],
+                logits=row if options.return_logits else [],
                 num_tokens=len(e.ids),
                 truncated=e.truncated,
             )

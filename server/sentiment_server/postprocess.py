@@ -1,44 +1,54 @@
-"""Step 3: logits -> probabilities -> ranked labels. Pure NumPy.
+"""Step 3: logits -> probabilities -> ranked labels.
 
 Follows `transformers`' text-classification pipeline: sigmoid for
-multi-label models (and single-logit models), softmax otherwise.
+multi-label models (and single-logit models), softmax otherwise. Plain Python
+on rows of floats: a call has a few texts of a few labels, where NumPy's
+per-call overhead costs more than the arithmetic.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
-import numpy.typing as npt
 
 from .model_artifact import MULTI_LABEL
 
-FloatArray = npt.NDArray[np.float64]
+Rows = Sequence[Sequence[float]]  # [texts][labels]
 
 
-def softmax(logits: npt.ArrayLike) -> FloatArray:
+def softmax(logits: Rows) -> list[list[float]]:
     """Row-wise softmax; subtracting the row max keeps exp() finite for any logits."""
-    x = np.asarray(logits, dtype=np.float64)
-    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
-    out: FloatArray = shifted / shifted.sum(axis=-1, keepdims=True)
+    out = []
+    for row in logits:
+        top = max(row)
+        shifted = [math.exp(x - top) for x in row]
+        total = sum(shifted)
+        out.append([x / total for x in shifted])
     return out
 
 
-def sigmoid(logits: npt.ArrayLike) -> FloatArray:
-    """Element-wise logistic function without overflow for large |x|."""
-    x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(-np.abs(x))
-    out: FloatArray = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return out
+def _logistic(x: float) -> float:
+    """Without overflow for large |x|: exp() only ever sees -|x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def sigmoid(logits: Rows) -> list[list[float]]:
+    """Element-wise logistic function."""
+    return [[_logistic(x) for x in row] for row in logits]
 
 
 def uses_sigmoid(problem_type: str, num_labels: int) -> bool:
     return problem_type == MULTI_LABEL or num_labels == 1
 
 
-def probabilities(logits: npt.ArrayLike, problem_type: str) -> FloatArray:
-    x = np.asarray(logits, dtype=np.float64)
-    return sigmoid(x) if uses_sigmoid(problem_type, x.shape[-1]) else softmax(x)
+def probabilities(logits: Rows, problem_type: str) -> list[list[float]]:
+    if not len(logits):
+        return []
+    return sigmoid(logits) if uses_sigmoid(problem_type, len(logits[0])) else softmax(logits)
 
 
 @dataclass(frozen=True)
@@ -48,12 +58,11 @@ class RankedLabel:
     score: float
 
 
-def rank(probs: npt.ArrayLike, labels: list[str], top_k: int) -> list[list[RankedLabel]]:
-    """Per row, the top_k labels (0 = all), highest score first; ties keep id order."""
-    p = np.asarray(probs, dtype=np.float64)
+def rank(probs: Rows, labels: list[str], top_k: int) -> list[list[RankedLabel]]:
+    """Per row, the top_k labels (0 = all), highest score first; ties keep id order (the sort is stable)."""
     k = len(labels) if top_k <= 0 else min(top_k, len(labels))
-    order = np.argsort(-p, axis=-1, kind="stable")[:, :k]
-    # Plain Python numbers: indexing NumPy arrays element by element costs more than the sort.
-    return [
-        [RankedLabel(i, labels[i], row[i]) for i in idx] for row, idx in zip(p.tolist(), order.tolist(), strict=True)
-    ]
+    ranked = []
+    for row in probs:
+        order = sorted(range(len(row)), key=lambda i: -row[i])[:k]
+        ranked.append([RankedLabel(i, labels[i], float(row[i])) for i in order])
+    return ranked
