@@ -259,8 +259,8 @@ class Coalescer:
                 item.future.set_exception(DeadlineExceeded("deadline exceeded while queued"))
                 continue
             taken.append(item)
-        if not taken:
-            return []
+        if len(taken) <= 1:
+            return taken
         oldest = taken[0]
         by_length = sorted(taken, key=lambda item: len(item.ids))
         sizes = plan_groups(
