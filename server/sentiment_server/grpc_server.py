@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .model_artifact import TOKENIZER_FILE, ModelInfo, read_model_info, version_dir
 from .pipeline import ClassificationPipeline, Limits
 from .registration import add_sentiment_service
+from .result_cache import ResultCache
 from .servicer import DeadlinePolicy, SentimentServicer
 from .settings import ServeSettings
 from .tokenization import TextTokenizer
@@ -117,8 +118,12 @@ async def create_server(settings: ServeSettings) -> FrontEnd:
         on_batch=metrics.observe_batch,
     )
     coalescer.start()
+    cache = None
+    if settings.result_cache_entries > 0:
+        cache = ResultCache(settings.result_cache_entries, on_lookup=metrics.observe_cache)
+        metrics.cache_entries.set_function(cache.__len__)
     pipeline = ClassificationPipeline(
-        info, tokenizer, coalescer, Limits(settings.max_texts_per_request, settings.max_chars_per_text)
+        info, tokenizer, coalescer, Limits(settings.max_texts_per_request, settings.max_chars_per_text), cache
     )
     servicer = SentimentServicer(
         pipeline,

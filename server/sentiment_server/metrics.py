@@ -49,6 +49,9 @@ class Metrics:
         self.triton_errors = Counter("sentiment_triton_errors", "failed Triton calls by kind", ["kind"], registry=r)
         self.padded_tokens = Counter("sentiment_padded_tokens", "tokens sent to Triton, padding included", registry=r)
         self.real_tokens = Counter("sentiment_real_tokens", "tokens sent to Triton, padding excluded", registry=r)
+        self.cache_hits = Counter("sentiment_result_cache_hits", "texts answered from the result cache", registry=r)
+        self.cache_misses = Counter("sentiment_result_cache_misses", "texts the result cache did not hold", registry=r)
+        self.cache_entries = Gauge("sentiment_result_cache_entries", "texts held in the result cache", registry=r)
 
         self._per_call: dict[tuple[str, str], tuple[Any, Any]] = {}
 
@@ -62,6 +65,10 @@ class Metrics:
             self._per_call[(method, code)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_cache(self, hits: int, misses: int) -> None:
+        self.cache_hits.inc(hits)
+        self.cache_misses.inc(misses)
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_texts.observe(stats.texts)

@@ -13,7 +13,8 @@ from .batching import Coalescer
 from .errors import InvalidInput
 from .model_artifact import ModelInfo
 from .postprocess import RankedLabel, probabilities, rank
-from .tokenization import EncodedText, TextTokenizer
+from .result_cache import ResultCache
+from .tokenization import EncodedText, IdArray, TextTokenizer
 
 # Requests with at most this many characters are tokenized on the event loop
 # (about 0.4 ms of work at most); larger ones in a worker thread, unless no
@@ -63,11 +64,19 @@ class ClassifyOutput:
 
 
 class ClassificationPipeline:
-    def __init__(self, info: ModelInfo, tokenizer: TextTokenizer, coalescer: Coalescer, limits: Limits) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        tokenizer: TextTokenizer,
+        coalescer: Coalescer,
+        limits: Limits,
+        cache: ResultCache | None = None,
+    ) -> None:
         self.info = info
         self.tokenizer = tokenizer
         self.coalescer = coalescer
         self.limits = limits
+        self.cache = cache
         self._in_flight = 0  # calls being tokenized or waiting for their batch
 
     def validate_texts(self, texts: list[str]) -> None:
@@ -125,8 +134,8 @@ class ClassificationPipeline:
         with self._counted():
             encoded = await self._encode(texts, options.max_length, options.truncation)
             tokenized = time.monotonic()
-            submitted = await self.coalescer.submit([e.ids for e in encoded], deadline)
-        probs = probabilities(submitted.logits, self.info.problem_type)
+            logits, queue_s, inference_s = await self._infer([e.ids for e in encoded], deadline)
+        probs = probabilities(logits, self.info.problem_type)
         ranked = rank(probs, self.info.labels, options.top_k)
         results = [
             TextResult(
@@ -135,8 +144,24 @@ class ClassificationPipeline:
                 num_tokens=len(e.ids),
                 truncated=e.truncated,
             )
-            for labels, row, e in zip(ranked, submitted.logits, encoded, strict=True)
+            for labels, row, e in zip(ranked, logits, encoded, strict=True)
         ]
         finished = time.monotonic()
-        timings = Timings(tokenized - started, submitted.queue_s, submitted.inference_s, finished - started)
+        timings = Timings(tokenized - started, queue_s, inference_s, finished - started)
         return ClassifyOutput(results, timings)
+
+    async def _infer(self, sequences: list[IdArray], deadline: float) -> tuple[list[list[float]], float, float]:
+        """(logits rows, queue seconds, Triton seconds); rows the cache holds skip the coalescer."""
+        if self.cache is None:
+            submitted = await self.coalescer.submit(sequences, deadline)
+            return submitted.logits, submitted.queue_s, submitted.inference_s
+        found = self.cache.get(sequences)
+        missing = [i for i, row in enumerate(found) if row is None]
+        fresh: dict[int, list[float]] = {}
+        queue_s = inference_s = 0.0
+        if missing:
+            submitted = await self.coalescer.submit([sequences[i] for i in missing], deadline)
+            self.cache.put([sequences[i] for i in missing], submitted.logits)
+            fresh = dict(zip(missing, submitted.logits, strict=True))
+            queue_s, inference_s = submitted.queue_s, submitted.inference_s
+        return [fresh[i] if row is None else row for i, row in enumerate(found)], queue_s, inference_s

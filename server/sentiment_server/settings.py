@@ -68,6 +68,7 @@ class ServeSettings(ModelSettings):
     max_batch_tokens: int = _opt(8192, "most padded tokens in one Triton batch")
     max_wait_ms: float = _opt(5.0, "longest a batch waits to fill while another batch is running")
     max_concurrent_batches: int = _opt(2, "Triton batches in flight per endpoint (match the model's instance count)")
+    result_cache_entries: int = _opt(0, "texts whose logits are kept to answer repeats without Triton (0 = off)")
     # Admission and per-request limits, checked before tokenizing.
     max_texts_per_request: int = _opt(256, "most texts in one request")
     max_chars_per_text: int = _opt(20_000, "most characters in one text")
