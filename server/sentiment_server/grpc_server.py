@@ -68,6 +68,9 @@ async def wait_for_triton(pool: TritonPool, info: ModelInfo, timeout_s: float) -
     await pool.check_model(info)
 
 
+PORT_CLOSE_GRACE_S = 1.0  # for the calls gRPC still holds once the admitted ones are done
+
+
 @dataclass
 class FrontEnd:
     """A running front-end: its server, port and the parts tests and `up` need to reach."""
@@ -89,8 +92,10 @@ class FrontEnd:
         admission = self.servicer.admission
         await admission.wait_idle(grace_s)
         log.info("draining done: %d admitted calls still in flight as the port closes", admission.requests)
-        # A call that reaches gRPC in the instant the port closes is CANCELLED by gRPC itself; it was never admitted.
-        await self.server.stop(max(0.0, until - time.monotonic()))
+        # Every admitted call is done. What gRPC still holds was refused or never reached a handler (a call that
+        # arrives as the port closes): it gets a moment, then CANCELLED, rather than the rest of the grace period,
+        # which such a call once held until its caller's deadline.
+        await self.server.stop(min(PORT_CLOSE_GRACE_S, max(0.0, until - time.monotonic())))
         await self.coalescer.stop()
         await self.pool.close()
         if self.metrics_http is not None:
