@@ -43,6 +43,7 @@ from clients import Service, TritonDirect, paired_c1
 from load import Measurement
 from procs import Processes
 from report import Row
+from sentiment_server.model_artifact import DTYPES
 
 log = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -344,7 +345,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the quick mode (under 3 minutes on 2 cores)")
     parser.add_argument(
-        "--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        "--dtype", default="auto", choices=("auto", *DTYPES),
         help="dtype of the limit, Triton and service rows (auto: fp16 on a GPU, bf16 with AMX, else fp32)",
     )  # fmt: skip
     parser.add_argument("--workloads", default="short,mixed", help="comma-separated: short, mixed")

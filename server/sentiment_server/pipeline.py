@@ -160,8 +160,9 @@ class ClassificationPipeline:
         fresh: dict[int, list[float]] = {}
         queue_s = inference_s = 0.0
         if missing:
-            submitted = await self.coalescer.submit([sequences[i] for i in missing], deadline)
-            self.cache.put([sequences[i] for i in missing], submitted.logits)
+            todo = [sequences[i] for i in missing]
+            submitted = await self.coalescer.submit(todo, deadline)
+            self.cache.put(todo, submitted.logits)
             fresh = dict(zip(missing, submitted.logits, strict=True))
             queue_s, inference_s = submitted.queue_s, submitted.inference_s
         return [fresh[i] if row is None else row for i, row in enumerate(found)], queue_s, inference_s

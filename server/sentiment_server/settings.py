@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .model_artifact import BACKENDS, DTYPES
+
 ENV_PREFIX = "SENTIMENT_"
 DEFAULT_CHECKPOINT = "distilbert-base-uncased-finetuned-sst-2-english"
 
@@ -37,10 +39,8 @@ class ModelSettings:
 @dataclass(frozen=True)
 class ExportSettings(ModelSettings):
     checkpoint: str = _opt(DEFAULT_CHECKPOINT, "Hugging Face Hub id or local checkpoint directory")
-    backend: str = _opt("python", "Triton backend for model.pt", ("python", "pytorch"))
-    dtype: str = _opt(
-        "fp32", "weights dtype in Triton (int8: quantized Linear layers, CPU)", ("fp32", "bf16", "fp16", "int8")
-    )
+    backend: str = _opt("python", "Triton backend for model.pt", BACKENDS)
+    dtype: str = _opt("fp32", "weights dtype in Triton (int8: quantized Linear layers, CPU)", DTYPES)
     device: str = _opt("cpu", "where Triton runs the model", ("cpu", "gpu"))
     max_batch_size: int = _opt(64, "Triton max_batch_size")
     # One single-threaded instance per CPU core beats one instance using every
