@@ -44,6 +44,12 @@ InferFn = Callable[[IdArray, IdArray, float], Coroutine[Any, Any, Logits]]  # (i
 # token-times. On a GPU a pass is nearly free per token and costly per launch:
 # use thousands there, so that each take stays one group.
 BATCH_OVERHEAD_TOKENS = 32
+# The coalescer plans with less than that. It sends one group and plans the
+# rest again with the texts that arrive meanwhile, so tighter groups now leave
+# a better choice later. 64 callers of one short text, `bench/serve_ab.py`
+# against 32: padding 3.9 % instead of 8.8 %, throughput 1-2 % higher (the
+# rounds' noise is about as large); mixed lengths and int8 did not change.
+PLANNING_OVERHEAD_TOKENS = 12
 # Queued tokens that make waiting for company pointless: a pass this size
 # spends about a tenth of its time on the fixed overhead.
 FILL_TOKENS_PER_OVERHEAD = 8
@@ -118,7 +124,7 @@ class Coalescer:
         max_batch_tokens: int,
         max_wait_s: float = 0.0,
         max_concurrent_batches: int = 2,
-        batch_overhead_tokens: int = BATCH_OVERHEAD_TOKENS,
+        batch_overhead_tokens: int = PLANNING_OVERHEAD_TOKENS,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self._infer = infer

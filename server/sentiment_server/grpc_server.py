@@ -120,6 +120,7 @@ async def create_server(settings: ServeSettings) -> FrontEnd:
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_s=settings.max_wait_ms / 1000.0,
         max_concurrent_batches=settings.max_concurrent_batches * len(pool.endpoints),
+        batch_overhead_tokens=settings.batch_overhead_tokens,
         on_batch=metrics.observe_batch,
     )
     coalescer.start()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .batching import PLANNING_OVERHEAD_TOKENS
 from .model_artifact import BACKENDS, DTYPES
 
 ENV_PREFIX = "SENTIMENT_"
@@ -68,6 +69,9 @@ class ServeSettings(ModelSettings):
     max_batch_tokens: int = _opt(8192, "most padded tokens in one Triton batch")
     max_wait_ms: float = _opt(5.0, "longest a batch waits to fill while another batch is running")
     max_concurrent_batches: int = _opt(2, "Triton batches in flight per endpoint (match the model's instance count)")
+    batch_overhead_tokens: int = _opt(
+        PLANNING_OVERHEAD_TOKENS, "a Triton pass's fixed cost in padded tokens, for planning batches (GPU: thousands)"
+    )
     result_cache_entries: int = _opt(0, "texts whose logits are kept to answer repeats without Triton (0 = off)")
     # Admission and per-request limits, checked before tokenizing.
     max_texts_per_request: int = _opt(256, "most texts in one request")

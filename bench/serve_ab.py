@@ -1,0 +1,82 @@
+"""Front-end settings side by side: which coalescing knobs pay, measured on one Triton.
+
+`python bench/serve_ab.py --variant= --variant=--batch-overhead-tokens=32`
+exports the benchmark's model (cached), starts one embedded Triton on
+127.0.0.1, and then, round after round, starts a front-end per variant (each
+variant is a string of extra `serve` flags) and measures one-text unary calls
+at the given concurrency. The variants alternate within every round, so the
+machine's drift hits all of them alike; it prints each variant's median
+sentences/s over the rounds, its ratio to the first variant, and the padding.
+Every process is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shlex
+import statistics
+import tempfile
+from pathlib import Path
+
+import corpus
+import models
+from clients import Service
+from procs import Processes
+
+log = logging.getLogger("bench")
+
+
+async def measure(procs: Processes, workload: corpus.Workload, concurrency: int, seconds: float) -> tuple[float, float]:
+    """(sentences/s, padding fraction) of one window, after a short warm-up."""
+    assert procs.front is not None
+    service = Service(procs.front.target, workload)
+    try:
+        await service.measure(concurrency, 1, 0.0, 2.0)
+        before = procs.front.metrics()
+        m = await service.measure(concurrency, 1, 1.0, seconds)
+        after = procs.front.metrics()
+    finally:
+        await service.close()
+    padded = after["sentiment_padded_tokens_total"] - before["sentiment_padded_tokens_total"]
+    real = after["sentiment_real_tokens_total"] - before["sentiment_real_tokens_total"]
+    return m.sentences_per_s, (1 - real / padded) if padded else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", required=True, help="extra `serve` flags as one string: --variant=\"--a=1 --b=2\" (repeatable)")
+    parser.add_argument("--workload", choices=("short", "mixed"), default="short")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per variant and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    repository = models.export(args.dtype)
+    workload = corpus.build(args.workload, models.version_dir(repository) / "tokenizer.json")
+    results: dict[str, list[tuple[float, float]]] = {v: [] for v in args.variant}
+    with tempfile.TemporaryDirectory() as logs, Processes(repository, Path(logs)) as procs:
+        for round_ in range(args.rounds):
+            order = args.variant if round_ % 2 == 0 else args.variant[::-1]
+            for variant in order:
+                procs.start_front_end(shlex.split(variant))
+                rate, padding = asyncio.run(measure(procs, workload, args.concurrency, args.seconds))
+                log.info("round %d, %r: %.1f sentences/s, padding %.3f", round_ + 1, variant, rate, padding)
+                results[variant].append((rate, padding))
+
+    base = statistics.median(r for r, _ in results[args.variant[0]])
+    print(f"\n{args.workload}, {args.dtype}, {args.concurrency} callers x 1 text, {args.rounds} rounds of {args.seconds:g} s")
+    print("| serve flags | sentences/s (median) | vs first | padding | each round |")
+    print("|---|--:|--:|--:|---|")
+    for variant, runs in results.items():
+        rate = statistics.median(r for r, _ in runs)
+        padding = statistics.median(p for _, p in runs)
+        each = ", ".join(f"{r:.1f}" for r, _ in runs)
+        print(f"| `{variant or '(defaults)'}` | {rate:.1f} | {rate / base:.3f} | {padding:.3f} | {each} |")
+
+
+if __name__ == "__main__":
+    main()
