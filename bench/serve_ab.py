@@ -46,7 +46,12 @@ async def measure(procs: Processes, workload: corpus.Workload, concurrency: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", action="append", required=True, help="extra `serve` flags as one string: --variant=\"--a=1 --b=2\" (repeatable)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help='extra `serve` flags as one string: --variant="--a=1 --b=2" (repeatable)',
+    )
     parser.add_argument("--workload", choices=("short", "mixed"), default="short")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--concurrency", type=int, default=64)
@@ -68,7 +73,9 @@ def main() -> None:
                 results[variant].append((rate, padding))
 
     base = statistics.median(r for r, _ in results[args.variant[0]])
-    print(f"\n{args.workload}, {args.dtype}, {args.concurrency} callers x 1 text, {args.rounds} rounds of {args.seconds:g} s")
+    print(
+        f"\n{args.workload}, {args.dtype}, {args.concurrency} callers x 1 text, {args.rounds} rounds of {args.seconds:g} s"
+    )
     print("| serve flags | sentences/s (median) | vs first | padding | each round |")
     print("|---|--:|--:|--:|---|")
     for variant, runs in results.items():
