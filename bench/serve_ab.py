@@ -6,7 +6,8 @@ exports the benchmark's model (cached), starts one embedded Triton on
 variant is a string of extra `serve` flags) and measures one-text unary calls
 at the given concurrency. The variants alternate within every round, so the
 machine's drift hits all of them alike; it prints each variant's median
-sentences/s over the rounds, its ratio to the first variant, and the padding.
+sentences/s and p50 latency over the rounds, its ratio to the first variant,
+and the padding. At `--concurrency 1` the p50 compares the variants' latency.
 Every process is stopped on the way out.
 """
 
@@ -28,8 +29,10 @@ from procs import Processes
 log = logging.getLogger("bench")
 
 
-async def measure(procs: Processes, workload: corpus.Workload, concurrency: int, seconds: float) -> tuple[float, float]:
-    """(sentences/s, padding fraction) of one window, after a short warm-up."""
+async def measure(
+    procs: Processes, workload: corpus.Workload, concurrency: int, seconds: float
+) -> tuple[float, float, float]:
+    """(sentences/s, p50 latency in ms, padding fraction) of one window, after a short warm-up."""
     assert procs.front is not None
     service = Service(procs.front.target, workload)
     try:
@@ -41,7 +44,7 @@ async def measure(procs: Processes, workload: corpus.Workload, concurrency: int,
         await service.close()
     padded = after["sentiment_padded_tokens_total"] - before["sentiment_padded_tokens_total"]
     real = after["sentiment_real_tokens_total"] - before["sentiment_real_tokens_total"]
-    return m.sentences_per_s, (1 - real / padded) if padded else 0.0
+    return m.sentences_per_s, m.percentile_ms(50), (1 - real / padded) if padded else 0.0
 
 
 def main() -> None:
@@ -62,27 +65,28 @@ def main() -> None:
 
     repository = models.export(args.dtype)
     workload = corpus.build(args.workload, models.version_dir(repository) / "tokenizer.json")
-    results: dict[str, list[tuple[float, float]]] = {v: [] for v in args.variant}
+    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in args.variant}
     with tempfile.TemporaryDirectory() as logs, Processes(repository, Path(logs)) as procs:
         for round_ in range(args.rounds):
             order = args.variant if round_ % 2 == 0 else args.variant[::-1]
             for variant in order:
                 procs.start_front_end(shlex.split(variant))
-                rate, padding = asyncio.run(measure(procs, workload, args.concurrency, args.seconds))
-                log.info("round %d, %r: %.1f sentences/s, padding %.3f", round_ + 1, variant, rate, padding)
-                results[variant].append((rate, padding))
+                rate, p50, padding = asyncio.run(measure(procs, workload, args.concurrency, args.seconds))
+                log.info(
+                    "round %d, %r: %.1f sentences/s, p50 %.2f ms, padding %.3f", round_ + 1, variant, rate, p50, padding
+                )
+                results[variant].append((rate, p50, padding))
 
-    base = statistics.median(r for r, _ in results[args.variant[0]])
+    base = statistics.median(r for r, _, _ in results[args.variant[0]])
     print(
         f"\n{args.workload}, {args.dtype}, {args.concurrency} callers x 1 text, {args.rounds} rounds of {args.seconds:g} s"
     )
-    print("| serve flags | sentences/s (median) | vs first | padding | each round |")
-    print("|---|--:|--:|--:|---|")
+    print("| serve flags | sentences/s (median) | vs first | p50 ms (median) | padding | sentences/s, each round |")
+    print("|---|--:|--:|--:|--:|---|")
     for variant, runs in results.items():
-        rate = statistics.median(r for r, _ in runs)
-        padding = statistics.median(p for _, p in runs)
-        each = ", ".join(f"{r:.1f}" for r, _ in runs)
-        print(f"| `{variant or '(defaults)'}` | {rate:.1f} | {rate / base:.3f} | {padding:.3f} | {each} |")
+        rate, p50, padding = (statistics.median(run[i] for run in runs) for i in range(3))
+        each = ", ".join(f"{r:.1f}" for r, _, _ in runs)
+        print(f"| `{variant or '(defaults)'}` | {rate:.1f} | {rate / base:.3f} | {p50:.2f} | {padding:.3f} | {each} |")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def triton_pool(settings: ServeSettings) -> TritonPool:
         else None
     )
     urls = [u.strip() for u in settings.triton_url.split(",") if u.strip()]
-    return TritonPool([TritonEndpoint(url, settings.model_name, tls=tls) for url in urls])
+    return TritonPool(
+        [TritonEndpoint(url, settings.model_name, tls=tls, streams=settings.triton_streams) for url in urls]
+    )
 
 
 async def wait_for_triton(pool: TritonPool, info: ModelInfo, timeout_s: float) -> None:
