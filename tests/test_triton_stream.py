@@ -27,18 +27,21 @@ def batch(rows: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 async def test_concurrent_batches_on_streams_get_their_own_rows(triton: EmbeddedTriton):
     endpoint = TritonEndpoint(triton.grpc_url, "sentiment")
+    unary_only = TritonEndpoint(triton.grpc_url, "sentiment", streams=False)  # --no-triton-streams
     try:
         assert await endpoint.is_model_ready(5.0)
         batches = [batch(rows, length, seed) for seed, (rows, length) in enumerate([(1, 5), (3, 9), (6, 4), (2, 12)])]
         streamed = await asyncio.gather(*(endpoint.infer(LOGITS, ids, mask, 10.0) for ids, mask in batches))
         assert len(endpoint._streams) == len(batches)  # on streams, one batch at a time each
         for (ids, mask), logits in zip(batches, streamed, strict=True):
-            unary = await endpoint.infer(LOGITS, ids, mask, 10.0, headers=TRACED)
+            traced = await endpoint.infer(LOGITS, ids, mask, 10.0, headers=TRACED)
+            unary = await unary_only.infer(LOGITS, ids, mask, 10.0)
             assert logits.shape == (len(ids), 2)
-            np.testing.assert_allclose(logits, unary, atol=1e-5)  # answers matched to their requests
-        assert endpoint.in_flight == 0
+            np.testing.assert_allclose(logits, traced, atol=1e-5)  # answers matched to their requests
+            np.testing.assert_allclose(logits, unary, atol=1e-5)
+        assert endpoint.in_flight == 0 and len(endpoint._streams) == len(batches) and not unary_only._streams
     finally:
-        await endpoint.close()
+        await asyncio.gather(endpoint.close(), unary_only.close())
 
 
 async def test_the_stream_fails_fast_when_triton_dies_and_lets_a_stopping_triton_exit(model_repository: Path):

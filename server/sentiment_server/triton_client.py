@@ -267,7 +267,9 @@ class TritonEndpoint:
         try:
             if headers or not self.streams:
                 try:
-                    response = await self._stub.ModelInfer(request, metadata=tuple(headers.items()), timeout=timeout_s)
+                    response = await self._stub.ModelInfer(
+                        request, metadata=tuple((headers or {}).items()), timeout=timeout_s
+                    )
                 except grpc.aio.AioRpcError as exc:
                     raise _rpc_error(exc) from exc
             else:
