@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from sentiment_server.errors import BackendUnavailable
 from sentiment_server.model_artifact import LOGITS
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.triton
 TRACED = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}  # sends it unary
 
 
-def batch(rows: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def batch(rows: int, length: int, seed: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     ids = np.random.default_rng(seed).integers(1000, 2000, size=(rows, length), dtype=np.int64)
     return ids, np.ones_like(ids)
 
