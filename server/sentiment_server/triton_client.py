@@ -1,8 +1,8 @@
 """Step 2: the only module that talks to Triton.
 
 It speaks Triton's gRPC protocol with tritonclient's generated messages and
-one grpc.aio channel per endpoint. Batches travel on one open
-`ModelStreamInfer` call per endpoint (see `_InferStream`). Triton's errors are
+one grpc.aio channel per endpoint. Batches travel on open `ModelStreamInfer`
+calls, one batch per call at a time (see `_InferStream`). Triton's errors are
 turned into this service's errors here, at the boundary, so nothing above this
 module knows Triton's messages.
 """
@@ -86,7 +86,8 @@ class _InferStream:
     requests in the order they came, so one stream carries one batch at a time
     (a short batch must not wait behind a long one on the other instance): the
     endpoint keeps one stream per batch in flight. A batch whose caller gave up
-    still runs; its answer is dropped.
+    still runs; its answer is dropped, which is why answers are matched to
+    requests by id: the next batch on that stream gets its own.
     """
 
     def __init__(self, stub: Any) -> None:
