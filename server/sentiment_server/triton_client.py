@@ -94,7 +94,6 @@ class _InferStream:
         self._call = stub.ModelStreamInfer()
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._ids = itertools.count()
-        self._write_lock = asyncio.Lock()  # grpc.aio takes one write at a time
         self._started = False  # a first message went out
         self._reader = asyncio.get_running_loop().create_task(self._read_answers(), name="triton-stream")
 
@@ -107,21 +106,19 @@ class _InferStream:
         return not self._waiting
 
     async def infer(self, request: Any, timeout_s: float) -> Any:
-        """Send `request` (its id is set here); its ModelInferResponse, or the converted error."""
+        """Send `request` (its id is set here); its ModelInferResponse, or the converted error.
+
+        Called on an idle stream only, so writes never overlap (grpc.aio takes one at a time).
+        """
         request.id = str(next(self._ids))
         answer = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = answer
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._write_lock:
-                    await self._write(request)
+                await self._write(request)
                 return await answer
         except TimeoutError:
             raise DeadlineExceeded("deadline exceeded while waiting for the model") from None
-        except grpc.aio.AioRpcError as exc:
-            raise _rpc_error(exc) from exc
-        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:  # the stream ended meanwhile
-            raise BackendUnavailable("model backend unavailable") from exc
         finally:
             self._waiting.pop(request.id, None)
             if not answer.done():
@@ -130,22 +127,28 @@ class _InferStream:
                 answer.exception()  # seen: asyncio would log it as never retrieved
 
     async def _write(self, request: Any) -> None:
-        if self._started:
-            await self._call.write(request)
-            return
-        # Until the call's first message is out, grpc.aio's write() waits for the call to start,
-        # and that wait never ends when the call fails first (Triton down): race it against the
-        # reader, which ends with the call.
-        write = asyncio.ensure_future(self._call.write(request))
+        """A failed send means the stream is gone and the batch never reached Triton: UNAVAILABLE, so
+        the pool may retry it elsewhere. (Writing on a stream whose Triton just died can fail as
+        INTERNAL "Internal error from Core", which the status table would have called a model error.)"""
         try:
-            await asyncio.wait((write, self._reader), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not write.done():
-                write.cancel()
-        if write.cancelled():
-            raise BackendUnavailable("model backend unavailable")
-        write.result()
-        self._started = True
+            if self._started:
+                await self._call.write(request)
+                return
+            # Until the call's first message is out, grpc.aio's write() waits for the call to start,
+            # and that wait never ends when the call fails first (Triton down): race it against the
+            # reader, which ends with the call.
+            write = asyncio.ensure_future(self._call.write(request))
+            try:
+                await asyncio.wait((write, self._reader), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not write.done():
+                    write.cancel()
+            if write.cancelled():
+                raise BackendUnavailable("model backend unavailable")
+            write.result()
+            self._started = True
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            raise BackendUnavailable("model backend unavailable") from exc
 
     async def _read_answers(self) -> None:
         error: ServiceError = BackendUnavailable("model backend unavailable")
