@@ -44,7 +44,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
   touch "$vocab/__init__.py"
   "$PY" - "$vocab/model/tokenizer.json" <<'EOF'
 import shutil, sys
-from sentiment_server.checkpoints import bundled_tokenizer_file
+from sentiment_server.tooling.checkpoints import bundled_tokenizer_file
 shutil.copyfile(bundled_tokenizer_file(), sys.argv[1])
 EOF
   du -sh "$WHL"

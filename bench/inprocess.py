@@ -50,7 +50,7 @@ def _batches(encoded: list[list[int]], size: int, device: Any) -> list[tuple[Any
     """Padded exactly as the front-end pads (pad id 0, like the exported DistilBERT)."""
     import numpy as np
     import torch
-    from sentiment_server.tokenization import pad_batch
+    from sentiment_server.core.tokenization import pad_batch
 
     batches = []
     for start in range(0, len(encoded), size):

@@ -24,7 +24,7 @@ def checkpoint() -> Path:
     path = CACHE / "distilbert-full-random"
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return path
-    from sentiment_server.checkpoints import build_tiny_checkpoint
+    from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
 
     log.info("building a full-size DistilBERT checkpoint (random weights) in %s", path)
     staging = CACHE / "distilbert-full-random.partial"

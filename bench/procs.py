@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from sentiment_server.triton_process import EmbeddedTriton
+from sentiment_server.backend.triton_process import EmbeddedTriton
 
 log = logging.getLogger("bench")
 HOST = "127.0.0.1"

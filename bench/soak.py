@@ -443,8 +443,8 @@ def corpus_texts(tokenizer_json: Path | None) -> list[str]:
 
 
 def build_repository(root: Path, full_size: bool, torch_threads: int) -> Path:
-    from sentiment_server.checkpoints import build_tiny_checkpoint
-    from sentiment_server.export import export_model
+    from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
+    from sentiment_server.tooling.export import export_model
 
     log.info("building a %s checkpoint and exporting it", "full-size" if full_size else "tiny")
     checkpoint = build_tiny_checkpoint(root / "checkpoint", full_size=full_size)

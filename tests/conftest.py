@@ -91,7 +91,7 @@ def start_service(
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from sentiment_server.checkpoints import build_tiny_checkpoint
+    from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
     return {
@@ -128,7 +128,7 @@ def model_repository(checkpoints: dict[str, Path], tmp_path_factory: pytest.Temp
 @pytest.fixture(scope="session")
 def triton(model_repository: Path) -> Iterator[object]:
     """One embedded Triton serving every test model."""
-    from sentiment_server.triton_process import EmbeddedTriton
+    from sentiment_server.backend.triton_process import EmbeddedTriton
 
     with EmbeddedTriton(model_repository, grpc_port=0, metrics_port=0) as server:
         for name in MODELS:

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from sentiment_server.batching import BatchStats, Coalescer
+from sentiment_server.core.batching import BatchStats, Coalescer
 from sentiment_server.errors import BackendUnavailable, DeadlineExceeded
 
 
@@ -177,7 +177,7 @@ def _cheapest(lengths, max_texts, max_tokens, overhead):
 def test_plan_groups_finds_the_cheapest_cut_within_the_limits(seed):
     import random
 
-    from sentiment_server.batching import plan_groups
+    from sentiment_server.core.batching import plan_groups
 
     rng = random.Random(seed)
     lengths = sorted(rng.randint(3, 60) for _ in range(rng.randint(1, 10)))
@@ -192,7 +192,7 @@ def test_plan_groups_finds_the_cheapest_cut_within_the_limits(seed):
 
 
 def test_plan_groups_trades_padding_against_passes():
-    from sentiment_server.batching import plan_groups
+    from sentiment_server.core.batching import plan_groups
 
     lengths = [10, 10, 11, 12, 100, 101, 250]
     # Passes cost nothing: no padding at all is cheapest.
@@ -208,11 +208,11 @@ def test_the_python_model_plans_like_the_coalescer():
     """triton_python_model.py keeps its own copy (it imports nothing from sentiment_server)."""
     import ast
     import random
-    from pathlib import Path
 
-    from sentiment_server import batching
+    from sentiment_server.backend import PYTHON_MODEL_SOURCE
+    from sentiment_server.core import batching
 
-    source = (Path(batching.__file__).with_name("triton_python_model.py")).read_text()
+    source = PYTHON_MODEL_SOURCE.read_text()
     node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "plan_groups")
     namespace: dict[str, object] = {}
     exec(compile(ast.Module([node], []), "triton_python_model.py", "exec"), namespace)

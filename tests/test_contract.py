@@ -25,7 +25,7 @@ def test_committed_stubs_are_up_to_date(tmp_path: Path):
 
 def test_server_imports_the_clients_stubs():
     import sentiment.v1.sentiment_pb2 as pb
-    import sentiment_server.servicer as servicer
+    import sentiment_server.transport.servicer as servicer
 
     assert vars(servicer)["pb"] is pb
     assert Path(pb.__file__).resolve().is_relative_to(ROOT / "client")

@@ -18,8 +18,9 @@ import torch
 from google.protobuf import text_format
 from numpy.typing import NDArray
 from sentiment_server import model_artifact as ma
-from sentiment_server.checkpoints import build_tiny_checkpoint
-from sentiment_server.export import (
+from sentiment_server.backend import PYTHON_MODEL_SOURCE
+from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
+from sentiment_server.tooling.export import (
     PARITY_TEXTS,
     ExportError,
     classification_function,
@@ -111,9 +112,7 @@ def test_export_writes_the_layout(exported: tuple[Path, ma.ModelInfo]) -> None:
     assert (info.backend, info.dtype, info.version) == ("python", "fp32", "1")
     assert len(info.fingerprint) == 64 and not info.demo
     assert info.extra["vocab_size"] == "30522"
-    assert (version / ma.PYTHON_MODEL_FILE).read_text() == (
-        Path(__file__).parents[1] / "server" / "sentiment_server" / "triton_python_model.py"
-    ).read_text()
+    assert (version / ma.PYTHON_MODEL_FILE).read_text() == (PYTHON_MODEL_SOURCE).read_text()
 
 
 def test_exported_tokenizer_json_gives_the_seed_ids(exported: tuple[Path, ma.ModelInfo]) -> None:
@@ -189,7 +188,7 @@ def test_fp16_is_refused_without_a_gpu(tmp_path: Path, checkpoint: Path) -> None
 
 
 def test_failed_parity_writes_nothing(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sentiment_server.export as export
+    import sentiment_server.tooling.export as export
 
     monkeypatch.setattr(export, "FP32_MAX_ABS_LOGIT_DIFF", -1.0)  # nothing can pass
     with pytest.raises(ExportError, match="does not match the eager model"):
@@ -218,7 +217,7 @@ def test_reexport_of_the_same_model_is_a_no_op(
     first = export_model(str(checkpoint), tmp_path)
     weights = tmp_path / "sentiment" / "1" / ma.TORCHSCRIPT_FILE
     before = weights.stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="sentiment_server.export"):
+    with caplog.at_level(logging.INFO, logger="sentiment_server.tooling.export"):
         again = export_model(str(checkpoint), tmp_path)
     assert again == first
     assert weights.stat().st_mtime_ns == before

@@ -14,7 +14,7 @@ from conftest import start_service
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadgen import classify_once, run_load
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
-from sentiment_server.triton_process import EmbeddedTriton, free_port
+from sentiment_server.backend.triton_process import EmbeddedTriton, free_port
 
 pytestmark = pytest.mark.triton
 

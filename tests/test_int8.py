@@ -18,9 +18,9 @@ import torch
 import tritonclient.grpc as grpcclient
 from numpy.typing import NDArray
 from sentiment_server import model_artifact as ma
-from sentiment_server.checkpoints import build_tiny_checkpoint
-from sentiment_server.export import PARITY_TEXTS, export_model
-from sentiment_server.triton_process import EmbeddedTriton
+from sentiment_server.backend.triton_process import EmbeddedTriton
+from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
+from sentiment_server.tooling.export import PARITY_TEXTS, export_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 

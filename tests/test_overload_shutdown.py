@@ -15,7 +15,7 @@ import pytest
 from conftest import Service, start_service
 from loadgen import percentile, run_load
 from sentiment_client import SentimentClient, SentimentError
-from sentiment_server.triton_process import free_port
+from sentiment_server.backend.triton_process import free_port
 
 pytestmark = pytest.mark.triton
 

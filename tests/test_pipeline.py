@@ -5,9 +5,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from sentiment_server.core.pipeline import INLINE_TOKENIZE_CHARS, ClassificationPipeline, ClassifyOptions, Limits
+from sentiment_server.core.tokenization import TextTokenizer
 from sentiment_server.model_artifact import TOKENIZER_FILE, read_model_info, version_dir
-from sentiment_server.pipeline import INLINE_TOKENIZE_CHARS, ClassificationPipeline, ClassifyOptions, Limits
-from sentiment_server.tokenization import TextTokenizer
 
 
 class ThreadRecordingTokenizer(TextTokenizer):

@@ -3,15 +3,14 @@
 import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
-from sentiment_server import batching
+from sentiment_server.backend import PYTHON_MODEL_SOURCE
 
 torch = pytest.importorskip("torch")
 
-SOURCE = Path(batching.__file__).with_name("triton_python_model.py")
+SOURCE = PYTHON_MODEL_SOURCE
 
 
 @pytest.fixture

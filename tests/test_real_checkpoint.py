@@ -28,7 +28,7 @@ pytestmark = [
 
 
 def test_seed_logits_and_probabilities(tmp_path: Path):
-    from sentiment_server.triton_process import EmbeddedTriton
+    from sentiment_server.backend.triton_process import EmbeddedTriton
 
     repository = tmp_path / "repo"
     subprocess.run(

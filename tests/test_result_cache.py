@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import start_service
 from sentiment_client import SentimentClient
-from sentiment_server.result_cache import ResultCache
-from sentiment_server.tokenization import IdArray
-from sentiment_server.triton_process import free_port
+from sentiment_server.backend.triton_process import free_port
+from sentiment_server.core.result_cache import ResultCache
+from sentiment_server.core.tokenization import IdArray
 
 
 def ids(*values: int) -> IdArray:

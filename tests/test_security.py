@@ -392,7 +392,7 @@ def test_cli_over_tls_with_api_key(tls_key_service: Service, pki: Pki) -> None:
 
 
 def test_front_end_reaches_a_triton_that_requires_mutual_tls(pki: Pki, model_repository: Path, tmp_path: Path) -> None:
-    from sentiment_server.triton_process import EmbeddedTriton
+    from sentiment_server.backend.triton_process import EmbeddedTriton
 
     triton_tls = (
         "--grpc-use-ssl-mutual=true",

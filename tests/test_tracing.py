@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from sentiment_server import tracing
-from sentiment_server.batching import Coalescer
+from sentiment_server.core.batching import Coalescer
 
 sdk = pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry import trace  # noqa: E402

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sentiment_server.backend.triton_client import TritonEndpoint, TritonPool
 from sentiment_server.errors import BackendUnavailable, ModelMismatch
 from sentiment_server.model_artifact import ModelInfo
-from sentiment_server.triton_client import TritonEndpoint, TritonPool
 
 INFO = ModelInfo("m", "src", ["a", "b"], "single_label_classification", 16, 0, "python", "fp32", "fp")
 

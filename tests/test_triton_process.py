@@ -18,15 +18,15 @@ import pytest
 import torch
 from numpy.typing import NDArray
 from sentiment_server import model_artifact as ma
-from sentiment_server.checkpoints import build_tiny_checkpoint
-from sentiment_server.export import export_model
-from sentiment_server.triton_process import (
+from sentiment_server.backend.triton_process import (
     EmbeddedTriton,
     TritonLaunchError,
     check_libpython,
     find_distribution,
     prepare_backend_dir,
 )
+from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
+from sentiment_server.tooling.export import export_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 

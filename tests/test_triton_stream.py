@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from sentiment_server.backend.triton_client import TritonEndpoint
+from sentiment_server.backend.triton_process import EmbeddedTriton
 from sentiment_server.errors import BackendUnavailable
 from sentiment_server.model_artifact import LOGITS
-from sentiment_server.triton_client import TritonEndpoint
-from sentiment_server.triton_process import EmbeddedTriton
 
 pytestmark = pytest.mark.triton
 

@@ -28,7 +28,7 @@ from .settings import (
 )
 
 if TYPE_CHECKING:
-    from .triton_process import EmbeddedTriton
+    from .backend.triton_process import EmbeddedTriton
 
 log = logging.getLogger("sentiment_server")
 
@@ -43,7 +43,7 @@ async def _wait_for_signal() -> None:
 
 async def _serve(settings: ServeSettings) -> None:
     from . import tracing
-    from .grpc_server import create_server
+    from .transport.server import create_server
 
     tracing.configure(settings.otel)
     front = await create_server(settings)
@@ -54,7 +54,7 @@ async def _serve(settings: ServeSettings) -> None:
 
 
 def _export(settings: ExportSettings, *, demo: bool = False, source: str | None = None) -> None:
-    from .export import export_model
+    from .tooling.export import export_model
 
     export_model(
         source or settings.checkpoint,
@@ -117,7 +117,7 @@ def _export_or_demo(settings: UpSettings) -> None:
         settings.checkpoint,
         reason,
     )
-    from .checkpoints import build_tiny_checkpoint
+    from .tooling.checkpoints import build_tiny_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="sentiment-demo-") as tmp:
         checkpoint = build_tiny_checkpoint(Path(tmp) / "demo-checkpoint", demo=True)
@@ -127,7 +127,7 @@ def _export_or_demo(settings: UpSettings) -> None:
 @contextmanager
 def _embedded_triton(settings: TritonSettings) -> Iterator[EmbeddedTriton]:
     """The embedded Triton with the model ready; stopped on the way out."""
-    from .triton_process import EmbeddedTriton
+    from .backend.triton_process import EmbeddedTriton
 
     with EmbeddedTriton(
         settings.model_repository,

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from sentiment.v1 import sentiment_pb2
 
-from .triton_client import TritonPool
+from ..backend.triton_client import TritonPool
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batching import BATCH_OVERHEAD_TOKENS
-from .model_artifact import (
+from ..backend import PYTHON_MODEL_SOURCE
+from ..core.batching import BATCH_OVERHEAD_TOKENS
+from ..model_artifact import (
     ATTENTION_MASK,
     BACKENDS,
     CONFIG_FILE,
@@ -67,7 +68,6 @@ DEVICES = ("cpu", "gpu")
 # batches that arrive together were merged onto one instance while the other
 # idled, halving throughput for 32-text requests (bench/).
 MAX_QUEUE_DELAY_US = 0
-PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
 FINGERPRINT_SCHEME = b"sentiment-server/fingerprint/v1\0"
 # Hidden working directories next to the model directory (see _staging_dir).
 STAGING_MARK = ".export-"

@@ -23,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from . import tracing
-from .errors import BackendUnavailable, DeadlineExceeded, ModelMismatch, ServiceError, TritonFailure
-from .model_artifact import ATTENTION_MASK, INPUT_IDS, ModelInfo
+from .. import tracing
+from ..errors import BackendUnavailable, DeadlineExceeded, ModelMismatch, ServiceError, TritonFailure
+from ..model_artifact import ATTENTION_MASK, INPUT_IDS, ModelInfo
 
 log = logging.getLogger(__name__)
 

@@ -14,20 +14,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from ..backend.triton_client import TritonEndpoint, TritonPool, TritonTLS
+from ..core.batching import Coalescer
+from ..core.pipeline import ClassificationPipeline, Limits
+from ..core.result_cache import ResultCache
+from ..core.tokenization import TextTokenizer
+from ..errors import TritonNotReady
+from ..model_artifact import TOKENIZER_FILE, ModelInfo, read_model_info, version_dir
+from ..settings import ServeSettings
 from .admission import Admission
 from .auth import ApiKeyInterceptor
-from .batching import Coalescer
-from .errors import TritonNotReady
 from .health import SERVICE_NAME, HealthWatcher
 from .metrics import Metrics
-from .model_artifact import TOKENIZER_FILE, ModelInfo, read_model_info, version_dir
-from .pipeline import ClassificationPipeline, Limits
 from .registration import add_sentiment_service
-from .result_cache import ResultCache
 from .servicer import DeadlinePolicy, SentimentServicer
-from .settings import ServeSettings
-from .tokenization import TextTokenizer
-from .triton_client import TritonEndpoint, TritonPool, TritonTLS
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Encoding, Tokenizer
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 IdArray = npt.NDArray[np.int64]
 

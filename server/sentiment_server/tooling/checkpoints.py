@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from .model_artifact import MULTI_LABEL, SINGLE_LABEL
+from ..model_artifact import MULTI_LABEL, SINGLE_LABEL
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import grpc
 from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 
-from . import tracing
+from .. import tracing
+from ..core.pipeline import ClassificationPipeline, ClassifyOptions, ClassifyOutput, Timings, Truncation
+from ..errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ShuttingDown, TritonFailure, to_status
+from ..model_artifact import MULTI_LABEL
 from .admission import Admission
-from .errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ShuttingDown, TritonFailure, to_status
 from .metrics import Metrics
-from .model_artifact import MULTI_LABEL
-from .pipeline import ClassificationPipeline, ClassifyOptions, ClassifyOutput, Timings, Truncation
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import DeadlineExceeded, ShuttingDown, TritonFailure
+from ..errors import DeadlineExceeded, ShuttingDown, TritonFailure
 from .tokenization import IdArray, pad_batch
 
 Logits = npt.NDArray[np.float32]

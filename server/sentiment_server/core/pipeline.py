@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
+from ..errors import InvalidInput
+from ..model_artifact import ModelInfo
 from .batching import Coalescer
-from .errors import InvalidInput
-from .model_artifact import ModelInfo
 from .postprocess import RankedLabel, probabilities, rank
 from .result_cache import ResultCache
 from .tokenization import EncodedText, IdArray, TextTokenizer

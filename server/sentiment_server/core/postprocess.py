@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .model_artifact import MULTI_LABEL
+from ..model_artifact import MULTI_LABEL
 
 Rows = Sequence[Sequence[float]]  # [texts][labels]
 

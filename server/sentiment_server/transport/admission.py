@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import Overloaded
+from ..errors import Overloaded
 
 
 class Admission:

@@ -1,0 +1,1 @@
+"""The gRPC request path: proto in, the core pipeline called, proto out."""
