@@ -43,10 +43,10 @@ async def _wait_for_signal() -> None:
 
 async def _serve(settings: ServeSettings) -> None:
     from . import tracing
-    from .transport.server import create_server
+    from .service import start_front_end
 
     tracing.configure(settings.otel)
-    front = await create_server(settings)
+    front = await start_front_end(settings)
     print(f"sentiment-server: serving on {settings.host}:{front.port}", flush=True)
     await _wait_for_signal()
     log.info("signal received: draining for up to %.1fs", settings.grace_s)

@@ -1,8 +1,10 @@
 """One exception hierarchy and one table from error kind to gRPC status.
 
-Only these exceptions' messages reach callers; they are written for callers.
-Anything else becomes INTERNAL with a generic message (the details go to the
-log with the request id).
+Every refusal the service makes, authentication and unparseable messages
+included, raises one of these; the servicer turns it into a status with
+`to_status` (the only reader of `STATUS_TABLE`). Only these exceptions'
+messages reach callers; they are written for callers. Anything else becomes
+INTERNAL with a generic message (the details go to the log with the request id).
 """
 
 from __future__ import annotations
@@ -13,31 +15,33 @@ import grpc
 class ServiceError(Exception):
     """An error whose message is safe to show to the caller."""
 
-    code = grpc.StatusCode.INTERNAL
-
 
 class InvalidInput(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request itself is wrong: empty or too many texts, bad options, bytes that do not parse."""
 
 
 class Unauthenticated(ServiceError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    """The API key is missing or wrong."""
 
 
 class Overloaded(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    """The admission limits are reached: retry later."""
 
 
 class BackendUnavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """No model backend could take the batch: retry, here or elsewhere."""
 
 
 class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    """The caller's deadline ran out (or was too short to start)."""
 
 
 class ShuttingDown(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """The server is draining: retry on another replica."""
+
+
+class TritonFailure(ServiceError):
+    """Triton answered with an error that is not about availability or time: ours to fix."""
 
 
 class StartupError(Exception):
@@ -52,15 +56,10 @@ class TritonNotReady(StartupError):
     """No Triton endpoint had the model ready within the start-up timeout."""
 
 
-class TritonFailure(ServiceError):
-    """Triton answered with an error that is not about availability or time."""
-
-    code = grpc.StatusCode.INTERNAL
-
-
 INTERNAL_MESSAGE = "internal error"
+INFERENCE_FAILED_MESSAGE = "inference failed"
 
-# The documented table (README "Errors"): error kind -> status code.
+# Error kind -> status code. docs/operations.md has the same table (a test keeps them in step).
 STATUS_TABLE: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -74,8 +73,9 @@ STATUS_TABLE: dict[type[ServiceError], grpc.StatusCode] = {
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and caller-facing message for any exception."""
-    if isinstance(exc, TritonFailure):
-        return grpc.StatusCode.INTERNAL, "inference failed"
-    if isinstance(exc, ServiceError):
-        return exc.code, str(exc)
+    for kind in type(exc).__mro__:
+        code = STATUS_TABLE.get(kind)
+        if code is not None:
+            # A Triton failure's text is Triton's, not written for callers.
+            return code, INFERENCE_FAILED_MESSAGE if isinstance(exc, TritonFailure) else str(exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

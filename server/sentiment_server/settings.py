@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .core.batching import PLANNING_OVERHEAD_TOKENS
+from .core.batch_costs import PLANNING_OVERHEAD_TOKENS
 from .model_artifact import BACKENDS, DTYPES
 
 ENV_PREFIX = "SENTIMENT_"

@@ -331,6 +331,10 @@ class TritonPool:
         self._rejected: set[TritonEndpoint] = set()
 
     @property
+    def replicas(self) -> int:
+        return len(self.endpoints)
+
+    @property
     def any_ready(self) -> bool:
         return any(e.ready for e in self.endpoints)
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..model_artifact import MULTI_LABEL
+from ..model_artifact import uses_sigmoid
 
 Rows = Sequence[Sequence[float]]  # [texts][labels]
 
@@ -39,10 +39,6 @@ def _logistic(x: float) -> float:
 def sigmoid(logits: Rows) -> list[list[float]]:
     """Element-wise logistic function."""
     return [[_logistic(x) for x in row] for row in logits]
-
-
-def uses_sigmoid(problem_type: str, num_labels: int) -> bool:
-    return problem_type == MULTI_LABEL or num_labels == 1
 
 
 def probabilities(logits: Rows, problem_type: str) -> list[list[float]]:

@@ -1,8 +1,9 @@
 """grpc.health.v1 that follows Triton's model readiness.
 
-A background task polls every endpoint's model readiness; the front-end is
-SERVING while at least one endpoint has the model ready, NOT_SERVING otherwise
-(and from the first moment of shutdown). Health.Watch streams the changes.
+A background task polls the backend's readiness; the front-end is SERVING
+while the backend says the model can answer (for Triton: at least one endpoint
+has it ready), NOT_SERVING otherwise and from the first moment of shutdown.
+Health.Watch streams the changes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from sentiment.v1 import sentiment_pb2
 
-from ..backend.triton_client import TritonPool
+from ..core.inference import InferenceBackend
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,9 @@ SERVICES = ("", SERVICE_NAME)  # "" is the whole server
 
 
 class HealthWatcher:
-    def __init__(self, pool: TritonPool, poll_s: float) -> None:
+    def __init__(self, backend: InferenceBackend, poll_s: float) -> None:
         self.servicer = health_aio.HealthServicer()
-        self._pool = pool
+        self._backend = backend
         self._poll_s = poll_s
         self._task: asyncio.Task[None] | None = None
         self._serving: bool | None = None
@@ -38,10 +39,10 @@ class HealthWatcher:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in SERVICES:
             await self.servicer.set(service, status)
-        log.info("health: %s", "SERVING" if serving else "NOT_SERVING (Triton model not ready)")
+        log.info("health: %s", "SERVING" if serving else "NOT_SERVING (model not ready)")
 
     async def check_once(self) -> bool:
-        ready = await self._pool.refresh(timeout_s=max(0.2, self._poll_s))
+        ready = await self._backend.refresh(timeout_s=max(0.2, self._poll_s))
         if not self._stopped:
             await self._set(ready)
         return ready

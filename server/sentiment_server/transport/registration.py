@@ -1,13 +1,14 @@
-"""Register the servicer with request parsing that answers bad bytes with INVALID_ARGUMENT.
+"""Register the servicer with request parsing that never fails a call by itself.
 
 The generated `add_..._to_server` lets a message that fails to parse (invalid
-UTF-8 in a string field, truncated bytes) surface as INTERNAL; a caller's bad
-bytes are the caller's error, so they get INVALID_ARGUMENT with a clear message.
+UTF-8 in a string field, truncated bytes) surface as INTERNAL from inside
+gRPC. Here such a message becomes `MALFORMED`, which the servicer refuses with
+INVALID_ARGUMENT like any other bad request (request id, metric, log included).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 from sentiment.v1 import sentiment_pb2 as pb
 
+SERVICE = pb.DESCRIPTOR.services_by_name["SentimentService"]
 MALFORMED_MESSAGE = "request is not a valid protobuf message (strings must be valid UTF-8)"
 
 
@@ -35,42 +37,9 @@ def _tolerant(parse: Callable[[bytes], Message]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def _unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if request is MALFORMED:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
-        return await behaviour(request, context)
-
-    return handle
-
-
-def _stream(behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        # A malformed message ends the input there; the stream fails with INVALID_ARGUMENT only
-        # after the responses to the messages before it have been sent, in order, like any other
-        # failing message. (Aborting here, inside the servicer's reader, lost those responses.)
-        malformed = False
-
-        async def checked() -> AsyncIterator[Any]:
-            nonlocal malformed
-            async for request in requests:
-                if request is MALFORMED:
-                    malformed = True
-                    return
-                yield request
-
-        async for response in behaviour(checked(), context):
-            yield response
-        if malformed:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
-
-    return handle
-
-
 def add_sentiment_service(servicer: Any, server: grpc.aio.Server) -> None:
-    service = pb.DESCRIPTOR.services_by_name["SentimentService"]
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in service.methods:
+    for method in SERVICE.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
@@ -78,12 +47,12 @@ def add_sentiment_service(servicer: Any, server: grpc.aio.Server) -> None:
         serialize = response_cls.SerializeToString
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _stream(behaviour), request_deserializer=parse, response_serializer=serialize
+                behaviour, request_deserializer=parse, response_serializer=serialize
             )
         elif not method.client_streaming and not method.server_streaming:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(behaviour), request_deserializer=parse, response_serializer=serialize
+                behaviour, request_deserializer=parse, response_serializer=serialize
             )
         else:  # the contract has no such RPC today; refuse to register one silently
             raise NotImplementedError(f"{method.full_name}: only unary and bidi streaming RPCs are supported")
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))

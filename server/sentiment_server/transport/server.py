@@ -1,8 +1,12 @@
-"""The front-end's gRPC server: build it from settings, start it, drain it."""
+"""The front-end's gRPC server: built around an injected backend, started, drained.
+
+`create_server` wires the request path (servicer, admission, coalescer,
+pipeline, health, metrics) around whatever `InferenceBackend` it is given:
+the Triton pool in production (`service.start_front_end`), a fake in tests.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -14,13 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from ..backend.triton_client import TritonEndpoint, TritonPool, TritonTLS
 from ..core.batching import Coalescer
+from ..core.inference import InferenceBackend, ServedModel
 from ..core.pipeline import ClassificationPipeline, Limits
 from ..core.result_cache import ResultCache
-from ..core.tokenization import TextTokenizer
-from ..errors import TritonNotReady
-from ..model_artifact import TOKENIZER_FILE, ModelInfo, read_model_info, version_dir
 from ..settings import ServeSettings
 from .admission import Admission
 from .auth import ApiKeyInterceptor
@@ -30,6 +31,8 @@ from .registration import add_sentiment_service
 from .servicer import DeadlinePolicy, SentimentServicer
 
 log = logging.getLogger(__name__)
+
+PORT_CLOSE_GRACE_S = 1.0  # for the calls gRPC still holds once the admitted ones are done
 
 
 def _server_credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
@@ -43,36 +46,6 @@ def _server_credentials(settings: ServeSettings) -> grpc.ServerCredentials | Non
     )
 
 
-def triton_pool(settings: ServeSettings) -> TritonPool:
-    tls = (
-        TritonTLS(
-            root_certificates=settings.triton_tls_ca or None,
-            private_key=settings.triton_tls_key or None,
-            certificate_chain=settings.triton_tls_cert or None,
-        )
-        if settings.triton_tls or settings.triton_tls_ca
-        else None
-    )
-    urls = [u.strip() for u in settings.triton_url.split(",") if u.strip()]
-    return TritonPool(
-        [TritonEndpoint(url, settings.model_name, tls=tls, streams=settings.triton_streams) for url in urls]
-    )
-
-
-async def wait_for_triton(pool: TritonPool, info: ModelInfo, timeout_s: float) -> None:
-    """Wait until some endpoint has the model ready, then check it matches the tokenizer and labels."""
-    until = time.monotonic() + timeout_s
-    while not await pool.refresh(timeout_s=1.0):
-        if time.monotonic() > until:
-            urls = ", ".join(e.url for e in pool.endpoints)
-            raise TritonNotReady(f"Triton at {urls} has no ready model {info.model_name!r} after {timeout_s:.0f}s")
-        await asyncio.sleep(0.2)
-    await pool.check_model(info)
-
-
-PORT_CLOSE_GRACE_S = 1.0  # for the calls gRPC still holds once the admitted ones are done
-
-
 @dataclass
 class FrontEnd:
     """A running front-end: its server, port and the parts tests and `up` need to reach."""
@@ -82,7 +55,7 @@ class FrontEnd:
     servicer: SentimentServicer
     health: HealthWatcher
     coalescer: Coalescer
-    pool: TritonPool
+    backend: InferenceBackend
     metrics: Metrics
     metrics_http: Any = None  # prometheus_client's HTTP server when --metrics-port is set
 
@@ -95,43 +68,45 @@ class FrontEnd:
         await admission.wait_idle(grace_s)
         log.info("draining done: %d admitted calls still in flight as the port closes", admission.requests)
         # Every admitted call is done. What gRPC still holds was refused or never reached a handler (a call that
-        # arrives as the port closes): it gets a moment, then CANCELLED, rather than the rest of the grace period,
-        # which such a call once held until its caller's deadline.
+        # arrives as the port closes): it gets a moment, then CANCELLED, rather than the rest of the grace period.
         await self.server.stop(min(PORT_CLOSE_GRACE_S, max(0.0, until - time.monotonic())))
         await self.coalescer.stop()
-        await self.pool.close()
+        await self.backend.close()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
 
 
-async def create_server(settings: ServeSettings) -> FrontEnd:
-    """Build and start the front-end; `settings.port` 0 binds any free port."""
-    info = read_model_info(settings.model_repository, settings.model_name)
-    tokenizer = TextTokenizer(
-        version_dir(settings.model_repository, settings.model_name, info.version) / TOKENIZER_FILE,
-        info.max_length,
-        info.pad_token_id,
-    )
-    pool = triton_pool(settings)
-    await wait_for_triton(pool, info, settings.startup_timeout_s)
-    metrics = Metrics()
-    coalescer = Coalescer(
-        pool.infer,
-        pad_token_id=info.pad_token_id,
+def _coalescer(settings: ServeSettings, backend: InferenceBackend, model: ServedModel, metrics: Metrics) -> Coalescer:
+    return Coalescer(
+        backend.infer,
+        pad_token_id=model.info.pad_token_id,
         max_batch_texts=settings.max_batch_texts,
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_s=settings.max_wait_ms / 1000.0,
-        max_concurrent_batches=settings.max_concurrent_batches * len(pool.endpoints),
+        max_concurrent_batches=settings.max_concurrent_batches * backend.replicas,
         batch_overhead_tokens=settings.batch_overhead_tokens,
         on_batch=metrics.observe_batch,
     )
+
+
+async def create_server(settings: ServeSettings, backend: InferenceBackend, model: ServedModel) -> FrontEnd:
+    """Build and start the front-end around `backend` and `model`; `settings.port` 0 binds any free port.
+
+    The backend is expected ready (its readiness is polled from here on for health).
+    """
+    metrics = Metrics()
+    coalescer = _coalescer(settings, backend, model, metrics)
     coalescer.start()
     cache = None
     if settings.result_cache_entries > 0:
         cache = ResultCache(settings.result_cache_entries, on_lookup=metrics.observe_cache)
         metrics.cache_entries.set_function(cache.__len__)
     pipeline = ClassificationPipeline(
-        info, tokenizer, coalescer, Limits(settings.max_texts_per_request, settings.max_chars_per_text), cache
+        model.info,
+        model.tokenizer,
+        coalescer,
+        Limits(settings.max_texts_per_request, settings.max_chars_per_text),
+        cache,
     )
     servicer = SentimentServicer(
         pipeline,
@@ -140,8 +115,8 @@ async def create_server(settings: ServeSettings) -> FrontEnd:
         metrics,
         access_log=settings.access_log,
     )
-    health = HealthWatcher(pool, settings.health_poll_s)
-    interceptors = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
+    health = HealthWatcher(backend, settings.health_poll_s)
+    interceptors = [ApiKeyInterceptor(settings.api_key, servicer.refuse)] if settings.api_key else []
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -166,8 +141,9 @@ async def create_server(settings: ServeSettings) -> FrontEnd:
         log.info("metrics on http://%s:%d/metrics", settings.host, http_server.server_port)
     await health.start()
     await server.start()
+    info = model.info
     log.info(
-        "serving %s (%s, %s, %d labels%s) on %s:%d via Triton %s",
+        "serving %s (%s, %s, %d labels%s) on %s:%d",
         info.model_name,
         info.source,
         info.dtype,
@@ -175,6 +151,5 @@ async def create_server(settings: ServeSettings) -> FrontEnd:
         ", DEMO MODEL: random weights" if info.demo else "",
         settings.host,
         port,
-        settings.triton_url,
     )
-    return FrontEnd(server, port, servicer, health, coalescer, pool, metrics, http_server)
+    return FrontEnd(server, port, servicer, health, coalescer, backend, metrics, http_server)

@@ -17,10 +17,19 @@ from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 
 from .. import tracing
 from ..core.pipeline import ClassificationPipeline, ClassifyOptions, ClassifyOutput, Timings, Truncation
-from ..errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ShuttingDown, TritonFailure, to_status
+from ..errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    InvalidInput,
+    ServiceError,
+    ShuttingDown,
+    TritonFailure,
+    to_status,
+)
 from ..model_artifact import MULTI_LABEL
 from .admission import Admission
 from .metrics import Metrics
+from .registration import MALFORMED, MALFORMED_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,7 @@ _TRUNCATION = {
 }
 
 T = TypeVar("T")
+Work = Callable[[Any, str], Awaitable[T]]  # (request, request id) -> response
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -61,6 +71,13 @@ def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
         if key == REQUEST_ID_KEY and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
             return value
     return secrets.token_hex(16)
+
+
+def _texts_in(request: Any) -> int:
+    """Texts a request carries, for admission (0 for requests without texts)."""
+    if isinstance(request, pb.ClassifyStreamRequest):
+        request = request.request
+    return len(getattr(request, "texts", ()))
 
 
 def _truncation(options: pb.TruncationOptions) -> Truncation:
@@ -116,23 +133,27 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         self._model_name = info.model_name
         self._model_version = info.version
 
-    async def _handle(self, method: str, context: Context, texts: int, work: Callable[[str], Awaitable[T]]) -> T:
-        """Request id, admission, metrics and the error table around one call."""
+    async def _handle(self, method: str, context: Context, request: Any, work: Work[T]) -> T:
+        """Every call, and every refusal, passes here: request id, admission, the error table, metrics, log."""
         metadata = context.invocation_metadata() or ()
         rid = request_id(metadata)
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         started = time.monotonic()
         code = grpc.StatusCode.OK
+        texts = 0
         try:
+            if request is MALFORMED:
+                raise InvalidInput(MALFORMED_MESSAGE)
             if not self.accepting:
                 raise ShuttingDown("server is shutting down")
+            texts = _texts_in(request)
             with (
                 self.admission.admit(texts),
                 tracing.server_span(method, metadata, rid),
             ):
                 self.metrics.in_flight.inc()
                 try:
-                    return await work(rid)
+                    return await work(request, rid)
                 finally:
                     self.metrics.in_flight.dec()
         except asyncio.CancelledError:
@@ -155,6 +176,14 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             if self.access_log:
                 log.info("request %s %s %s texts=%d %.1fms", rid, method, code.name, texts, elapsed * 1000)
 
+    async def refuse(self, method: str, context: Context, error: ServiceError) -> None:
+        """A call refused before it reaches a handler (the API-key check): answered like any other refusal."""
+
+        async def fail(request: Any, rid: str) -> None:
+            raise error
+
+        await self._handle(method, context, None, fail)
+
     async def _classify(self, request: pb.ClassifyRequest, context: Context, rid: str) -> pb.ClassifyResponse:
         texts = list(request.texts)
         options = ClassifyOptions(
@@ -176,12 +205,10 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         self.metrics.texts.inc(texts)
 
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
-        return await self._handle(
-            "Classify", context, len(request.texts), lambda rid: self._classify(request, context, rid)
-        )
+        return await self._handle("Classify", context, request, lambda r, rid: self._classify(r, context, rid))
 
     async def ClassifyStream(
-        self, request_iterator: AsyncIterator[pb.ClassifyStreamRequest], context: Context
+        self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         """Messages are classified concurrently (a bounded window) and answered in order.
 
@@ -191,12 +218,9 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         window = asyncio.Semaphore(_STREAM_WINDOW)
         queue: asyncio.Queue[asyncio.Task[pb.ClassifyStreamResponse] | None] = asyncio.Queue()
 
-        async def one(message: pb.ClassifyStreamRequest) -> pb.ClassifyStreamResponse:
+        async def one(message: Any) -> pb.ClassifyStreamResponse:
             response = await self._handle(
-                "ClassifyStream",
-                context,
-                len(message.request.texts),
-                lambda rid: self._classify(message.request, context, rid),
+                "ClassifyStream", context, message, lambda m, rid: self._classify(m.request, context, rid)
             )
             return pb.ClassifyStreamResponse(response=response, correlation_id=message.correlation_id)
 
@@ -205,6 +229,8 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
                 async for message in request_iterator:
                     await window.acquire()
                     queue.put_nowait(asyncio.ensure_future(one(message)))
+                    if message is MALFORMED:
+                        break  # the input ends there: that message fails the stream in its turn
             finally:
                 queue.put_nowait(None)  # the end, however reading ended
 
@@ -224,7 +250,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
                     pending.cancel()
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
-        async def work(rid: str) -> pb.TokenizeResponse:
+        async def work(request: pb.TokenizeRequest, rid: str) -> pb.TokenizeResponse:
             encoded = await self.pipeline.tokenize(
                 list(request.texts), request.truncation.max_length, _truncation(request.truncation)
             )
@@ -244,12 +270,12 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
                 )
             return pb.TokenizeResponse(results=results, request_id=rid)
 
-        return await self._handle("Tokenize", context, len(request.texts), work)
+        return await self._handle("Tokenize", context, request, work)
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:
         info = self.pipeline.info
 
-        async def work(rid: str) -> pb.GetModelInfoResponse:
+        async def work(request: pb.GetModelInfoRequest, rid: str) -> pb.GetModelInfoResponse:
             return pb.GetModelInfoResponse(
                 model_name=info.model_name,
                 model_version=info.version,
@@ -266,4 +292,4 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
                 demo=info.demo,
             )
 
-        return await self._handle("GetModelInfo", context, 0, work)
+        return await self._handle("GetModelInfo", context, request, work)

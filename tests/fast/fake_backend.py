@@ -1,0 +1,149 @@
+"""A fake model backend and an in-process front-end around it: the fast test tier's seam.
+
+`FakeBackend` stands where the Triton pool stands in production. Its logits
+are a fixed function of each text's own (unpadded) ids, so a test can tell
+whether rows were routed and padded correctly. It can fail, stall, be slow or
+be not ready on demand, from the test's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from sentiment_server.core.inference import Logits, ServedModel
+from sentiment_server.core.tokenization import IdArray, TextTokenizer
+from sentiment_server.errors import DeadlineExceeded
+from sentiment_server.model_artifact import SINGLE_LABEL, ModelInfo
+from sentiment_server.settings import ServeSettings
+from sentiment_server.tooling.checkpoints import bundled_tokenizer_file
+from sentiment_server.transport.server import FrontEnd, create_server
+
+LABELS = ("NEGATIVE", "POSITIVE")
+
+
+def fake_logits(ids: IdArray, mask: IdArray, num_labels: int) -> Logits:
+    """Row i, label j: a number from the row's real ids only, in [-5, 5]."""
+    weights = np.arange(1, num_labels + 1, dtype=np.int64)
+    sums = (ids * mask).sum(axis=1, keepdims=True) * weights
+    return ((sums % 101) / 10.0 - 5.0).astype(np.float32)
+
+
+class FakeBackend:
+    """An `InferenceBackend` whose behaviour a test sets: `error`, `delay_s`, `ready`, `stall()`.
+
+    Like Triton's client, a call still stalled at its deadline raises DeadlineExceeded.
+    """
+
+    replicas = 1
+
+    def __init__(self, num_labels: int = len(LABELS)) -> None:
+        self.num_labels = num_labels
+        self.error: Exception | None = None  # raised by every infer() while set
+        self.delay_s = 0.0
+        self.ready = True
+        self.batches: list[tuple[int, int]] = []  # shapes of the batches sent
+        self.closed = False
+        self._open = threading.Event()
+        self._open.set()
+
+    @contextmanager
+    def stall(self) -> Iterator[None]:
+        """Batches wait inside infer() until the block ends."""
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._open.set()
+
+    async def infer(self, input_ids: IdArray, attention_mask: IdArray, deadline: float) -> Logits:
+        self.batches.append(input_ids.shape)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        while not self._open.is_set():  # as Triton's client does, a stalled call ends at its deadline
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded("deadline exceeded while waiting for the model")
+            await asyncio.sleep(0.002)
+        if self.error is not None:
+            raise self.error
+        return fake_logits(input_ids, attention_mask, self.num_labels)
+
+    async def refresh(self, timeout_s: float) -> bool:
+        return self.ready
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def fake_model(
+    labels: tuple[str, ...] = LABELS, problem_type: str = SINGLE_LABEL, max_length: int = 128
+) -> ServedModel:
+    info = ModelInfo(
+        model_name="sentiment",
+        source="fake",
+        labels=list(labels),
+        problem_type=problem_type,
+        max_length=max_length,
+        pad_token_id=0,
+        backend="fake",
+        dtype="fp32",
+        fingerprint="fake",
+    )
+    return ServedModel(info, TextTokenizer(bundled_tokenizer_file(), max_length, pad_token_id=0))
+
+
+class InProcessServer:
+    """A real gRPC front-end on 127.0.0.1, port 0, with its own event loop in a thread of this process."""
+
+    def __init__(self, backend: FakeBackend | None = None, model: ServedModel | None = None, **settings: Any) -> None:
+        self.backend = backend or FakeBackend()
+        self.model = model or fake_model()
+        self.settings = dataclasses.replace(
+            ServeSettings(), host="127.0.0.1", port=0, health_poll_s=0.05, **settings
+        )
+        self.front: FrontEnd | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="front-end", daemon=True)
+
+    @property
+    def target(self) -> str:
+        assert self.front is not None
+        return f"127.0.0.1:{self.front.port}"
+
+    def run(self, coroutine: Any, timeout_s: float = 10.0) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+    def start(self) -> InProcessServer:
+        self._thread.start()
+        self.front = self.run(create_server(self.settings, self.backend, self.model))
+        return self
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        if self.front is not None:
+            self.run(self.front.stop(grace_s), timeout_s=grace_s + 10)
+            self.front = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> InProcessServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until(condition: Any, timeout_s: float = 5.0) -> bool:
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())
