@@ -19,14 +19,11 @@ from google.protobuf import text_format
 from numpy.typing import NDArray
 from sentiment_server import model_artifact as ma
 from sentiment_server.backend import PYTHON_MODEL_SOURCE
+from sentiment_server.model_artifact import classification_function
 from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
-from sentiment_server.tooling.export import (
-    PARITY_TEXTS,
-    ExportError,
-    classification_function,
-    export_model,
-    render_config,
-)
+from sentiment_server.tooling.export import ExportError, export_model
+from sentiment_server.tooling.torchscript import PARITY_TEXTS
+from sentiment_server.tooling.triton_config import render_config
 from tritonclient.grpc import model_config_pb2
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -188,7 +185,7 @@ def test_fp16_is_refused_without_a_gpu(tmp_path: Path, checkpoint: Path) -> None
 
 
 def test_failed_parity_writes_nothing(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sentiment_server.tooling.export as export
+    import sentiment_server.tooling.torchscript as export
 
     monkeypatch.setattr(export, "FP32_MAX_ABS_LOGIT_DIFF", -1.0)  # nothing can pass
     with pytest.raises(ExportError, match="does not match the eager model"):

@@ -20,7 +20,8 @@ from numpy.typing import NDArray
 from sentiment_server import model_artifact as ma
 from sentiment_server.backend.triton_process import EmbeddedTriton
 from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
-from sentiment_server.tooling.export import PARITY_TEXTS, export_model
+from sentiment_server.tooling.export import export_model
+from sentiment_server.tooling.torchscript import PARITY_TEXTS
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 

@@ -36,6 +36,21 @@ BACKENDS = ("python", "pytorch")
 DTYPES = ("fp32", "bf16", "fp16", "int8")  # int8: dynamically quantized Linear layers, CPU
 
 
+def uses_sigmoid(problem_type: str | None, num_labels: int) -> bool:
+    """Whether logits become probabilities by sigmoid (else softmax), as transformers' pipeline picks.
+
+    The pipeline applies a sigmoid when problem_type is multi-label or when
+    there is a single label (regression checkpoints included), and a softmax
+    otherwise.
+    """
+    return problem_type == MULTI_LABEL or num_labels == 1
+
+
+def classification_function(problem_type: str | None, num_labels: int) -> str:
+    """The ModelInfo.problem_type of a checkpoint: MULTI_LABEL (sigmoid) or SINGLE_LABEL (softmax)."""
+    return MULTI_LABEL if uses_sigmoid(problem_type, num_labels) else SINGLE_LABEL
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the front-end must know about the exported model."""
