@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from sentiment_server.core.postprocess import probabilities, rank, sigmoid, softmax, uses_sigmoid
-from sentiment_server.model_artifact import MULTI_LABEL, SINGLE_LABEL
+from sentiment_server.core.postprocess import probabilities, rank, sigmoid, softmax
+from sentiment_server.model_artifact import MULTI_LABEL, SINGLE_LABEL, uses_sigmoid
 
 
 def test_softmax_matches_definition_and_sums_to_one():
