@@ -1,15 +1,12 @@
-"""The result cache: its LRU bound (unit), and a real service answering repeats from it (end to end)."""
+"""The result cache: its LRU bound (unit), and a front-end answering repeats from it (through gRPC and /metrics)."""
 
 from __future__ import annotations
 
 import urllib.request
-from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import start_service
+from fake_backend import InProcessServer, fake_logits
 from sentiment_client import SentimentClient
-from sentiment_server.backend.triton_process import free_port
 from sentiment_server.core.result_cache import ResultCache
 from sentiment_server.core.tokenization import IdArray
 
@@ -30,28 +27,22 @@ def test_holds_at_most_its_bound_and_drops_the_least_recently_used() -> None:
     assert cache.get([ids(1)]) == [None]  # a prefix is another sequence
 
 
-@pytest.mark.triton
-def test_a_repeated_text_is_answered_from_the_cache(triton, model_repository: Path, tmp_path: Path) -> None:
-    port = free_port()
-    service = start_service(
-        model_repository,
-        "sentiment",
-        triton.grpc_url,
-        tmp_path,
-        "--result-cache-entries",
-        "8",
-        "--metrics-port",
-        str(port),
-    )
+def test_a_repeated_text_is_answered_from_the_cache() -> None:
     texts = ["I hate this so much!", "What a lovely day."]
-    try:
-        with SentimentClient(service.target) as client:
+    with InProcessServer(result_cache_entries=8, metrics_port=0) as server:
+        assert server.front is not None and server.front.metrics_http is not None
+        port = server.front.metrics_http.server_port
+        with SentimentClient(server.target) as client:
             first = client.classify(texts, return_logits=True)
             again = client.classify([texts[1], texts[0], "Something new."], return_logits=True, top_k=1)
             repeat = client.classify(texts, return_logits=True)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    finally:
-        assert service.stop() == 0
+        batches = list(server.backend.batches)
+        encoded = server.model.tokenizer.encode(texts)
+    for result, row in zip(first.results, encoded, strict=True):  # the first answers came from the model
+        want = fake_logits(row.ids[None, :], np.ones_like(row.ids)[None, :], 2)[0]
+        np.testing.assert_allclose(result.logits, want, rtol=1e-6)
+    assert first.results[0].logits != first.results[1].logits  # so a swapped cache row would show
     assert [r.logits for r in again.results[:2]] == [first.results[1].logits, first.results[0].logits]
     assert [(r.label, r.score) for r in again.results[:2]] == [
         (first.results[1].label, first.results[1].score),
@@ -64,3 +55,4 @@ def test_a_repeated_text_is_answered_from_the_cache(triton, model_repository: Pa
     assert "sentiment_result_cache_hits_total 4.0" in text
     assert "sentiment_result_cache_misses_total 3.0" in text
     assert "sentiment_result_cache_entries 3.0" in text
+    assert sum(rows for rows, _ in batches) == 3  # the model saw each distinct text once

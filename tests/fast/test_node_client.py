@@ -1,17 +1,20 @@
-"""The Node.js client (client/node) against a running service, checked against the Python client."""
+"""The Node.js client (client/node) against an in-process front-end, checked against the Python client."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_backend import FakeBackend, InProcessServer, fake_model
 from sentiment_client import SentimentClient, SentimentError
+from sentiment_server.model_artifact import MULTI_LABEL
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED = json.loads((ROOT / "tests" / "data" / "seed_pipeline.json").read_text())
 CLI = ROOT / "client" / "node" / "cli.js"
 TEXTS = [
@@ -21,7 +24,22 @@ TEXTS = [
     "The plot was predictable, the acting wooden, and yet I could not stop watching. " * 60,
 ]
 
-pytestmark = pytest.mark.triton
+TOPICS = ("sports", "politics", "tech", "music")
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[dict[str, InProcessServer]]:
+    """The binary sentiment model and a multi-label one, each behind its own front-end."""
+    with (
+        InProcessServer() as sentiment,
+        InProcessServer(FakeBackend(len(TOPICS)), fake_model(TOPICS, MULTI_LABEL)) as topics4,
+    ):
+        yield {"sentiment": sentiment, "topics4": topics4}
+
+
+@pytest.fixture(scope="module")
+def service(services: dict[str, InProcessServer]) -> InProcessServer:
+    return services["sentiment"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +65,7 @@ def classify_json(node: str, target: str, *args: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("model", ["sentiment", "topics4"])
-def test_classify_matches_the_python_client(node: str, services: dict[str, Any], model: str) -> None:
+def test_classify_matches_the_python_client(node: str, services: dict[str, InProcessServer], model: str) -> None:
     target = services[model].target
     got = classify_json(node, target, "--logits", "--", *TEXTS)
     with SentimentClient(target) as client:
@@ -65,7 +83,7 @@ def test_classify_matches_the_python_client(node: str, services: dict[str, Any],
     assert set(got["timings"]) == {"tokenize_us", "queue_us", "inference_us", "total_us"}
 
 
-def test_top_k_and_table_output(node: str, service: Any) -> None:
+def test_top_k_and_table_output(node: str, service: InProcessServer) -> None:
     got = classify_json(node, service.target, "--top-k", "1", "I love it")
     assert len(got["results"][0]["scores"]) == 1
     assert got["results"][0]["logits"] == []
@@ -75,7 +93,7 @@ def test_top_k_and_table_output(node: str, service: Any) -> None:
     assert header.split() == ["TEXT", "LABEL", "SCORE"] and len(rows) == 2
 
 
-def test_health_and_model_info(node: str, service: Any) -> None:
+def test_health_and_model_info(node: str, service: InProcessServer) -> None:
     health = run_cli(node, service.target, "health")
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
     unknown = run_cli(node, service.target, "health", "--service", "no.such.Service")
@@ -89,7 +107,7 @@ def test_health_and_model_info(node: str, service: Any) -> None:
     assert (mine["model_name"], mine["max_sequence_length"]) == (info.model_name, info.max_sequence_length)
 
 
-def test_errors_carry_the_status_code(node: str, service: Any) -> None:
+def test_errors_carry_the_status_code(node: str, service: InProcessServer) -> None:
     with SentimentClient(service.target) as client, pytest.raises(SentimentError) as python_error:
         client.classify(["fine"], max_length=100_000)
     result = run_cli(node, service.target, "classify", "--max-length", "100000", "fine")

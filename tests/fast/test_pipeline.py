@@ -1,13 +1,13 @@
-"""The pipeline's choice of where to tokenize, with the real tokenizer and a recording coalescer."""
+"""The pipeline's choice of where to tokenize, with the bundled tokenizer and a recording coalescer."""
 
 import asyncio
 import threading
-from pathlib import Path
 
 import numpy as np
+from fake_backend import fake_model
 from sentiment_server.core.pipeline import INLINE_TOKENIZE_CHARS, ClassificationPipeline, ClassifyOptions, Limits
 from sentiment_server.core.tokenization import TextTokenizer
-from sentiment_server.model_artifact import TOKENIZER_FILE, read_model_info, version_dir
+from sentiment_server.tooling.checkpoints import bundled_tokenizer_file
 
 
 class ThreadRecordingTokenizer(TextTokenizer):
@@ -36,20 +36,16 @@ class GatedCoalescer:
         return Submitted()
 
 
-def make_pipeline(model_repository: Path) -> tuple[ClassificationPipeline, ThreadRecordingTokenizer, GatedCoalescer]:
-    info = read_model_info(model_repository, "sentiment")
-    tokenizer = ThreadRecordingTokenizer(
-        version_dir(model_repository, "sentiment") / TOKENIZER_FILE, info.max_length, info.pad_token_id
-    )
+def make_pipeline() -> tuple[ClassificationPipeline, ThreadRecordingTokenizer, GatedCoalescer]:
+    info = fake_model().info
+    tokenizer = ThreadRecordingTokenizer(bundled_tokenizer_file(), info.max_length, info.pad_token_id)
     coalescer = GatedCoalescer()
     pipeline = ClassificationPipeline(info, tokenizer, coalescer, Limits(64, 100_000))  # type: ignore[arg-type]
     return pipeline, tokenizer, coalescer
 
 
-async def test_a_long_text_is_tokenized_on_the_loop_when_alone_and_in_a_thread_under_load(
-    model_repository: Path,
-) -> None:
-    pipeline, tokenizer, coalescer = make_pipeline(model_repository)
+async def test_a_long_text_is_tokenized_on_the_loop_when_alone_and_in_a_thread_under_load() -> None:
+    pipeline, tokenizer, coalescer = make_pipeline()
     loop_thread = threading.get_ident()
     long_text = "a fine film " * (INLINE_TOKENIZE_CHARS // 10)
     coalescer.release.set()
