@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(abspath node_modules/.bin):$(PATH)
 
-.PHONY: run test lint typecheck proto bootstrap bench bench-quick soak clean
+.PHONY: run test test-fast lint typecheck proto bootstrap bench bench-quick soak clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -20,8 +20,11 @@ typecheck: bootstrap  ## strict for the code; tests and bench may leave function
 	$(BIN)/mypy
 	$(BIN)/mypy --allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls --no-warn-unused-ignores tests bench
 
-test: lint typecheck  ## everything CI runs
+test: lint typecheck  ## everything CI runs, real Triton end to end included
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: bootstrap  ## no Triton, no torch: the servicer in-process on port 0 around a fake backend (under a minute)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/fast
 
 proto: bootstrap  ## regenerate the Python stubs after editing proto/
 	scripts/gen_proto.sh

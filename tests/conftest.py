@@ -1,7 +1,13 @@
-"""Shared fixtures: tiny checkpoints, a real embedded Triton, real front-end processes.
+"""Shared fixtures for both tiers.
 
-Everything binds 127.0.0.1 on free ports and is stopped, by pid, by the
-fixture that started it. No network: the checkpoints are built here.
+The fast tier (tests/fast): a front-end in this process on port 0 around a fake
+backend (`server`, `channel`, `stub`). The full tier: tiny checkpoints, a real
+embedded Triton, real front-end processes. Everything binds 127.0.0.1 on free
+ports and is stopped, by pid, by the fixture that started it. No network: the
+checkpoints are built here.
+
+One conftest.py for both: a second one in tests/fast would take the module
+name `conftest` from this one.
 """
 
 from __future__ import annotations
@@ -16,8 +22,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import grpc
 import pytest
+from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from fake_backend import InProcessServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,6 +41,26 @@ MODELS = {
     "emotion3": (("anger", "joy", "calm"), "single_label_classification"),
     "topics4": (("sports", "politics", "tech", "music"), "multi_label_classification"),
 }
+
+
+@pytest.fixture
+def server() -> Iterator[InProcessServer]:
+    """A front-end in this process around a fake backend (tests/fake_backend.py)."""
+    from fake_backend import InProcessServer
+
+    with InProcessServer() as started:
+        yield started
+
+
+@pytest.fixture
+def channel(server: InProcessServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.target) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> pb_grpc.SentimentServiceStub:
+    return pb_grpc.SentimentServiceStub(channel)  # type: ignore[no-untyped-call]  # generated code
 
 
 def sentiment_server(*args: str) -> list[str]:

@@ -82,3 +82,39 @@ async def test_the_stream_fails_fast_when_triton_dies_and_lets_a_stopping_triton
     finally:
         killed.stop()
         stopping.stop()
+
+
+async def test_interrupted_batches_never_leave_a_broken_stream_behind(triton: EmbeddedTriton):
+    """Callers cancelled mid-write and deadlines that expire during the first write: afterwards every batch works.
+
+    A stream interrupted this way once stayed open and idle, so every later batch was handed the same broken
+    stream and failed with UNAVAILABLE while Triton itself answered (a black hole).
+    """
+    import random
+
+    from sentiment_server.backend.triton_client import TritonPool
+
+    endpoint = TritonEndpoint(triton.grpc_url, "sentiment")
+    pool = TritonPool([endpoint])
+    rng = random.Random(11)
+    small, large = batch(1, 6, 1), batch(32, 300, 2)
+    try:
+        assert await pool.refresh(5.0)
+        pool.output_name = LOGITS
+        pool._checked.add(endpoint)
+
+        async def interrupted(i: int) -> None:
+            ids, mask = large if i % 3 == 0 else small
+            deadline = time.monotonic() + rng.choice([0.0005, 0.002, 5.0])
+            call = asyncio.ensure_future(pool.infer(ids, mask, deadline))
+            await asyncio.sleep(rng.uniform(0, 0.003))
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+
+        for _ in range(15):
+            await asyncio.gather(*(interrupted(i) for i in range(16)))
+            logits = await pool.infer(*small, time.monotonic() + 10)
+            assert logits.shape == (1, 2)
+        assert all(stream.is_idle for stream in endpoint._streams if stream.is_open)
+    finally:
+        await pool.close()

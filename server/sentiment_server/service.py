@@ -28,7 +28,8 @@ def triton_pool(settings: ServeSettings) -> TritonPool:
     )
     urls = [u.strip() for u in settings.triton_url.split(",") if u.strip()]
     return TritonPool(
-        [TritonEndpoint(url, settings.model_name, tls=tls, streams=settings.triton_streams) for url in urls]
+        [TritonEndpoint(url, settings.model_name, tls=tls, streams=settings.triton_streams) for url in urls],
+        retry_s=settings.triton_retry_s,
     )
 
 

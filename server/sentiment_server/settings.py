@@ -82,6 +82,9 @@ class ServeSettings(ModelSettings):
     # Triton calls.
     triton_timeout_s: float = _opt(30.0, "cap on one Triton call's deadline")
     triton_streams: bool = _opt(True, "send batches on open gRPC streams to Triton (false: a unary call each)")
+    triton_retry_s: float = _opt(
+        20.0, "how long a batch keeps retrying while Triton is unavailable (a restart), within its deadline"
+    )
     deadline_margin_ms: float = _opt(5.0, "time kept back from the caller's deadline for the reply")
     health_poll_s: float = _opt(0.5, "how often Triton's model readiness is checked")
     startup_timeout_s: float = _opt(120.0, "how long start-up waits for Triton to have the model ready")

@@ -38,7 +38,7 @@ def _classify(channel: grpc.Channel, texts: list[str], key: str = API_KEY, timeo
 
 
 def _malformed(channel: grpc.Channel) -> grpc.RpcError:
-    call = channel.unary_unary("/sentiment.v1.SentimentService/Classify")
+    call: Any = channel.unary_unary("/sentiment.v1.SentimentService/Classify")
     with pytest.raises(grpc.RpcError) as info:
         call(b"\x0a\x02\xff\xfe", metadata=(("x-api-key", API_KEY), ("x-request-id", RID)), timeout=5)
     return info.value
@@ -47,7 +47,9 @@ def _malformed(channel: grpc.Channel) -> grpc.RpcError:
 def _overloaded(server: InProcessServer, channel: grpc.Channel) -> grpc.RpcError:
     stub = pb_grpc.SentimentServiceStub(channel)  # type: ignore[no-untyped-call]
     with server.backend.stall():
-        first = stub.Classify.future(pb.ClassifyRequest(texts=["holds the only slot"]), metadata=(("x-api-key", API_KEY),))
+        first = stub.Classify.future(
+            pb.ClassifyRequest(texts=["holds the only slot"]), metadata=(("x-api-key", API_KEY),)
+        )
         while server.front is not None and server.front.servicer.admission.requests == 0:
             threading.Event().wait(0.01)
         error = _classify(channel, ["one too many"])
@@ -106,7 +108,8 @@ def test_each_refusal_has_its_status_request_id_metric_and_log_line(
     assert error.code() == code, error
     assert message in (error.details() or "")
     assert "secret" not in (error.details() or "")
-    assert dict(error.trailing_metadata() or ()).get("x-request-id") == RID
+    trailers: dict[str, Any] = dict(error.trailing_metadata() or ())  # type: ignore[arg-type]
+    assert trailers.get("x-request-id") == RID
     assert server.front is not None
     registry = server.front.metrics.registry
 

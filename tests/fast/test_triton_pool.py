@@ -14,7 +14,8 @@ from sentiment_server.model_artifact import ModelInfo
 INFO = ModelInfo("m", "src", ["a", "b"], "single_label_classification", 16, 0, "python", "fp32", "fp")
 
 
-def endpoint(url: str, *, ready: bool, output: str = "logits__0", fails: bool = False) -> TritonEndpoint:
+def endpoint(url: str, *, ready: bool, output: str = "logits__0", fails: bool | int = False) -> TritonEndpoint:
+    """`fails`: every call fails (True), or the first `fails` calls do."""
     e = TritonEndpoint(url, "m")  # the channel connects lazily: nothing is dialled here
     e.calls = 0  # type: ignore[attr-defined]
 
@@ -27,7 +28,7 @@ def endpoint(url: str, *, ready: bool, output: str = "logits__0", fails: bool = 
 
     async def infer(output_name, ids, mask, timeout_s, headers=None):
         e.calls += 1  # type: ignore[attr-defined]
-        if fails:
+        if fails is True or e.calls <= fails:  # type: ignore[attr-defined]
             e.ready = False
             raise BackendUnavailable("down")
         return np.zeros((ids.shape[0], 2), dtype=np.float32)
@@ -87,3 +88,23 @@ async def test_an_endpoint_with_a_different_model_is_never_used():
     await startup.refresh(1.0)
     with pytest.raises(ModelMismatch):  # at start-up a mismatch refuses to start
         await startup.check_model(INFO)
+
+
+async def test_a_batch_keeps_retrying_while_triton_restarts_within_retry_s():
+    restarting = endpoint("a:1", ready=True, fails=5)
+    pool = TritonPool([restarting], retry_s=5.0)
+    await pool.refresh(1.0)
+    await pool.check_model(INFO)
+    logits = await pool.infer(*batch(), time.monotonic() + 5)
+    assert logits.shape == (2, 2) and restarting.calls == 6  # type: ignore[attr-defined]
+
+
+async def test_retries_stop_at_the_deadline_and_at_retry_s():
+    for retry_s, deadline_s in ((5.0, 0.3), (0.3, 5.0)):
+        pool = TritonPool([endpoint("a:1", ready=True, fails=True)], retry_s=retry_s)
+        await pool.refresh(1.0)
+        await pool.check_model(INFO)
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await pool.infer(*batch(), started + deadline_s)
+        assert time.monotonic() - started < 0.3 + 0.1

@@ -29,6 +29,11 @@ from ..model_artifact import ATTENTION_MASK, INPUT_IDS, ModelInfo
 
 log = logging.getLogger(__name__)
 
+_RETRY_FIRST_BACKOFF_S = 0.05
+_RETRY_MAX_BACKOFF_S = 1.0
+_CAUSE_LOG_INTERVAL_S = 5.0  # an endpoint's failures are logged at most this often
+_PROBE_AFTER_FAILURES = 3  # consecutive data-path failures that make an endpoint prove itself again
+
 # Reconnect fast after a Triton restart (gRPC's default backoff grows to 120 s),
 # and notice a dead peer through keepalive instead of waiting on TCP.
 CHANNEL_ARGS: list[tuple[str, int]] = [
@@ -80,14 +85,17 @@ class _InferStream:
 
     Why not a unary call per batch: a unary call costs gRPC a new HTTP/2 stream
     and six operations, and the event loop hears of each through grpc's poller
-    thread; a message on an open stream is one write and one read. At
-    concurrency 1 a batch reaches Triton and comes back 0.3 ms sooner (Triton's
-    own request time subtracted; issue 3's note). Triton answers a stream's
-    requests in the order they came, so one stream carries one batch at a time
-    (a short batch must not wait behind a long one on the other instance): the
-    endpoint keeps one stream per batch in flight. A batch whose caller gave up
-    still runs; its answer is dropped, which is why answers are matched to
-    requests by id: the next batch on that stream gets its own.
+    thread; a message on an open stream is one write and one read (bench/serve_ab.py
+    measures the difference). Triton answers a stream's requests in the order
+    they came, so one stream carries one batch at a time (a short batch must
+    not wait behind a long one on the other instance): the endpoint keeps one
+    stream per batch in flight.
+
+    A batch that ends in any way but with Triton's answer (its caller gave up,
+    its deadline passed, the write failed) closes its stream: a half-written
+    stream would fail every later batch, and an abandoned batch still running
+    in Triton would delay the next one on that stream. Answers are matched to
+    requests by id all the same.
     """
 
     def __init__(self, stub: Any) -> None:
@@ -95,11 +103,12 @@ class _InferStream:
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._ids = itertools.count()
         self._started = False  # a first message went out
+        self._closed = False
         self._reader = asyncio.get_running_loop().create_task(self._read_answers(), name="triton-stream")
 
     @property
     def is_open(self) -> bool:
-        return not self._reader.done()
+        return not self._closed and not self._reader.done()
 
     @property
     def is_idle(self) -> bool:
@@ -123,6 +132,7 @@ class _InferStream:
             self._waiting.pop(request.id, None)
             if not answer.done():
                 answer.cancel()
+                self.close()  # interrupted before Triton answered: never hand this stream out again
             elif not answer.cancelled():
                 answer.exception()  # seen: asyncio would log it as never retrieved
 
@@ -169,6 +179,7 @@ class _InferStream:
                 await asyncio.sleep(0)
         except grpc.aio.AioRpcError as exc:
             error = _rpc_error(exc)
+            error.__cause__ = exc
         finally:
             self._fail_waiting(error)
 
@@ -183,6 +194,7 @@ class _InferStream:
 
         Here, not only in the reader: a reader cancelled before it first ran never runs its `finally`.
         """
+        self._closed = True
         self._call.cancel()
         self._reader.cancel()
         self._fail_waiting(BackendUnavailable("model backend unavailable"))
@@ -199,11 +211,18 @@ class TritonEndpoint:
     streams: bool = True  # False: every batch is a unary call
     ready: bool = False
     in_flight: int = 0
+    # Set after repeated data-path failures: the endpoint counts as ready again only once an inference works.
+    needs_probe: bool = False
+    _failures: int = field(default=0, init=False, repr=False)  # consecutive failed batches
+    _last_cause_logged: float = field(default=float("-inf"), init=False, repr=False)
     _channel: grpc.aio.Channel = field(init=False, repr=False)
     _stub: Any = field(init=False, repr=False)
     _streams: list[_InferStream] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._open_channel()
+
+    def _open_channel(self) -> None:
         if self.tls is None:
             self._channel = grpc.aio.insecure_channel(self.url, options=CHANNEL_ARGS)
         else:
@@ -278,12 +297,48 @@ class TritonEndpoint:
                     raise _rpc_error(exc) from exc
             else:
                 response = await self._idle_stream().infer(request, timeout_s)
-        except BackendUnavailable:
+        except BackendUnavailable as exc:
             self.ready = False
+            await self._data_path_failed(exc)
             raise
         finally:
             self.in_flight -= 1
+        self._failures = 0
         return _logits(response, output_name, len(input_ids))
+
+    async def _data_path_failed(self, error: BackendUnavailable) -> None:
+        """Say why (at most every few seconds); after repeated failures start over with a new channel."""
+        self._failures += 1
+        now = time.monotonic()
+        if now - self._last_cause_logged >= _CAUSE_LOG_INTERVAL_S:
+            self._last_cause_logged = now
+            cause = error.__cause__
+            log.warning(
+                "triton endpoint %s: batch failed (%s), %d in a row",
+                self.url,
+                _describe(cause) if cause is not None else error,
+                self._failures,
+            )
+        if self._failures == _PROBE_AFTER_FAILURES:
+            log.warning("triton endpoint %s: new channel and streams; not ready until an inference succeeds", self.url)
+            self.needs_probe = True
+            self._close_streams()
+            old = self._channel
+            self._open_channel()
+            await old.close()
+
+    async def probe(self, output_name: str, timeout_s: float) -> bool:
+        """One tiny inference on a unary call: does the data path work, whatever ModelReady says?"""
+        ids = np.zeros((1, 1), dtype=np.int64)
+        try:
+            await self._stub.ModelInfer(self._request(output_name, ids, np.ones_like(ids)), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("triton endpoint %s: probe inference failed: %s", self.url, _describe(exc))
+            return False
+        log.info("triton endpoint %s: probe inference succeeded", self.url)
+        self.needs_probe = False
+        self._failures = 0
+        return True
 
     def _idle_stream(self) -> _InferStream:
         self._streams = [stream for stream in self._streams if stream.is_open]
@@ -304,6 +359,12 @@ class TritonEndpoint:
         await self._channel.close()
 
 
+def _describe(cause: BaseException) -> str:
+    if isinstance(cause, grpc.aio.AioRpcError):
+        return f"{cause.code().name}: {cause.details()}"
+    return repr(cause)
+
+
 def _logits(response: Any, output_name: str, rows: int) -> npt.NDArray[np.float32]:
     outputs = [i for i, out in enumerate(response.outputs) if out.name == output_name]
     if not outputs or len(response.raw_output_contents) <= outputs[0]:
@@ -317,14 +378,17 @@ def _logits(response: Any, output_name: str, rows: int) -> npt.NDArray[np.float3
 class TritonPool:
     """Spreads batches over one or more Triton endpoints; skips the ones not ready.
 
-    Inference is idempotent, so a batch that failed with UNAVAILABLE is retried
-    once on another ready endpoint, inside the caller's deadline.
+    Inference is idempotent, so a batch that failed with UNAVAILABLE is retried:
+    at once on another endpoint (or a fresh stream on the same one), then with
+    backoff while Triton comes back (a restart), for up to `retry_s` and never
+    past the caller's deadline.
     """
 
-    def __init__(self, endpoints: list[TritonEndpoint]) -> None:
+    def __init__(self, endpoints: list[TritonEndpoint], retry_s: float = 0.0) -> None:
         if not endpoints:
             raise ValueError("at least one Triton endpoint is needed")
         self.endpoints = endpoints
+        self.retry_s = retry_s
         self.output_name = ""
         self._info: ModelInfo | None = None
         self._checked: set[TritonEndpoint] = set()
@@ -341,6 +405,9 @@ class TritonPool:
     async def refresh(self, timeout_s: float) -> bool:
         """Probe every endpoint; an endpoint seen ready for the first time is checked before use."""
         await asyncio.gather(*(e.is_model_ready(timeout_s) for e in self.endpoints))
+        for endpoint in self.endpoints:
+            if endpoint.ready and endpoint.needs_probe and self.output_name:
+                endpoint.ready = await endpoint.probe(self.output_name, timeout_s)
         if self._info is not None:
             for endpoint in self.endpoints:
                 if endpoint.ready and endpoint not in self._checked and endpoint not in self._rejected:
@@ -387,20 +454,27 @@ class TritonPool:
     ) -> npt.NDArray[np.float32]:
         """`deadline` is a time.monotonic() instant. Runs in the context of the batch's first caller, whose
         trace context (when tracing) goes to Triton as W3C headers."""
+        give_up = min(deadline, time.monotonic() + self.retry_s)
         tried: set[TritonEndpoint] = set()
-        while True:
-            endpoint = self._pick(tried)
-            if endpoint is None:
-                raise BackendUnavailable("model backend unavailable")
-            tried.add(endpoint)
+        for attempt in itertools.count():
+            endpoint = self._pick(tried) or self._pick(set())
             try:
+                if endpoint is None:
+                    raise BackendUnavailable("model backend unavailable")
+                tried.add(endpoint)
                 return await endpoint.infer(
                     self.output_name, input_ids, attention_mask, deadline - time.monotonic(), tracing.current_headers()
                 )
             except BackendUnavailable:
-                if deadline - time.monotonic() <= 0:
+                # The first retry goes at once (another endpoint, or a fresh stream); later ones wait for Triton.
+                if attempt == 0:
+                    delay, limit = 0.0, deadline
+                else:
+                    delay, limit = min(_RETRY_MAX_BACKOFF_S, _RETRY_FIRST_BACKOFF_S * 2 ** (attempt - 1)), give_up
+                if time.monotonic() + delay >= limit:
                     raise
-                log.warning("triton endpoint %s unavailable; retrying on another", endpoint.url)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         await asyncio.gather(*(e.close() for e in self.endpoints))

@@ -32,7 +32,8 @@ def fake_logits(ids: IdArray, mask: IdArray, num_labels: int) -> Logits:
     """Row i, label j: a number from the row's real ids only, in [-5, 5]."""
     weights = np.arange(1, num_labels + 1, dtype=np.int64)
     sums = (ids * mask).sum(axis=1, keepdims=True) * weights
-    return ((sums % 101) / 10.0 - 5.0).astype(np.float32)
+    logits: Logits = ((sums % 101) / 10.0 - 5.0).astype(np.float32)
+    return logits
 
 
 class FakeBackend:
@@ -63,7 +64,7 @@ class FakeBackend:
             self._open.set()
 
     async def infer(self, input_ids: IdArray, attention_mask: IdArray, deadline: float) -> Logits:
-        self.batches.append(input_ids.shape)
+        self.batches.append((input_ids.shape[0], input_ids.shape[1]))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         while not self._open.is_set():  # as Triton's client does, a stalled call ends at its deadline
@@ -104,9 +105,7 @@ class InProcessServer:
     def __init__(self, backend: FakeBackend | None = None, model: ServedModel | None = None, **settings: Any) -> None:
         self.backend = backend or FakeBackend()
         self.model = model or fake_model()
-        self.settings = dataclasses.replace(
-            ServeSettings(), host="127.0.0.1", port=0, health_poll_s=0.05, **settings
-        )
+        self.settings = dataclasses.replace(ServeSettings(), host="127.0.0.1", port=0, health_poll_s=0.05, **settings)
         self.front: FrontEnd | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="front-end", daemon=True)
