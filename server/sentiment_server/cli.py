@@ -8,11 +8,11 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .logging_setup import configure_logging
 from .settings import (
@@ -29,28 +29,44 @@ from .settings import (
 
 if TYPE_CHECKING:
     from .backend.triton_process import EmbeddedTriton
+    from .backend.triton_supervisor import TritonSupervisor
+    from .transport.metrics import Metrics
 
 log = logging.getLogger("sentiment_server")
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal(watch: Coroutine[Any, Any, None] | None = None) -> None:
+    """Until SIGINT or SIGTERM. `watch` (a supervisor) runs meanwhile; its exception ends the wait and is raised."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
+    if watch is not None:
+        waiters.add(asyncio.ensure_future(watch))
+    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        task.result()
 
 
-async def _serve(settings: ServeSettings) -> None:
+async def _serve(
+    settings: ServeSettings, supervise: Callable[[Metrics], Coroutine[Any, Any, None]] | None = None
+) -> None:
+    """The front-end until a signal; `supervise` (from `up`) watches the embedded Triton meanwhile."""
     from . import tracing
     from .service import start_front_end
 
     tracing.configure(settings.otel)
     front = await start_front_end(settings)
     print(f"sentiment-server: serving on {settings.host}:{front.port}", flush=True)
-    await _wait_for_signal()
-    log.info("signal received: draining for up to %.1fs", settings.grace_s)
-    await front.stop(settings.grace_s)
+    try:
+        await _wait_for_signal(supervise(front.metrics) if supervise is not None else None)
+    finally:
+        log.info("draining for up to %.1fs", settings.grace_s)
+        await front.stop(settings.grace_s)
 
 
 def _export(settings: ExportSettings, *, demo: bool = False, source: str | None = None) -> None:
@@ -139,16 +155,26 @@ def _embedded_triton(settings: TritonSettings) -> Iterator[EmbeddedTriton]:
         yield triton
 
 
+def _supervisor(triton: EmbeddedTriton, settings: TritonSettings, on_restart: Callable[[], None]) -> TritonSupervisor:
+    from .backend.triton_supervisor import RestartPolicy, TritonSupervisor
+
+    policy = RestartPolicy(max_restarts=settings.triton_max_restarts, window_s=settings.triton_restart_window_s)
+    return TritonSupervisor(triton, policy, on_restart)
+
+
 async def _up(settings: UpSettings) -> None:
     _export_or_demo(settings)
     with _embedded_triton(settings) as triton:
-        await _serve(replace(pick(ServeSettings, settings), triton_url=triton.grpc_url))
+        await _serve(
+            replace(pick(ServeSettings, settings), triton_url=triton.grpc_url),
+            lambda metrics: _supervisor(triton, settings, metrics.triton_restarts.inc).run(),
+        )
 
 
 async def _triton(settings: TritonSettings) -> None:
     with _embedded_triton(settings) as triton:
         print(f"sentiment-server: Triton ready at {triton.grpc_url}", flush=True)
-        await _wait_for_signal()
+        await _wait_for_signal(_supervisor(triton, settings, lambda: None).run())
 
 
 def build_parser() -> argparse.ArgumentParser:

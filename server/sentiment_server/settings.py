@@ -57,6 +57,8 @@ class TritonSettings(ModelSettings):
     triton_port: int = _opt(8001, "gRPC port of the embedded Triton (0 = any free port)")
     triton_metrics_port: int = _opt(0, "metrics port of the embedded Triton (0 = any free port)")
     triton_ready_timeout_s: float = _opt(120.0, "seconds to wait for the model to become ready")
+    triton_max_restarts: int = _opt(5, "crashes of the embedded Triton restarted within the window; one more: exit 1")
+    triton_restart_window_s: float = _opt(300.0, "window for --triton-max-restarts, in seconds")
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,63 @@ _READY_POLL_S = 0.2
 _MARKER = ".prepared.json"
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+_SHM_PREFIX = "sentiment-"  # the Python backend's /dev/shm regions of every embedded Triton start with it
+
+# The group reaper: a tiny process that holds a pipe from the launcher and, once
+# the pipe closes (the launcher stopped Triton, or died, even by SIGKILL), kills
+# Triton's whole process group: the stubs too, which die with nobody else.
+_REAPER = """
+import os, signal, sys
+sys.stdin.buffer.read()
+try:
+    os.killpg(int(sys.argv[1]), signal.SIGKILL)
+except (ProcessLookupError, PermissionError):
+    pass
+"""
+
+
 class TritonLaunchError(RuntimeError):
     """The embedded Triton cannot be prepared, started, or did not become ready."""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started it ends (the launcher's main thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_shared_memory(shm_dir: Path = Path("/dev/shm")) -> list[Path]:
+    """Delete Python-backend regions left by an embedded Triton whose launcher is gone (a crash)."""
+    removed = []
+    for region in shm_dir.glob(f"{_SHM_PREFIX}*"):
+        match = re.match(rf"{_SHM_PREFIX}(\d+)-", region.name)
+        if match and not _pid_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                region.unlink()
+                removed.append(region)
+    if removed:
+        logger.info("removed %d stale shared-memory regions of an earlier embedded Triton", len(removed))
+    return removed
+
+
+def describe_exit(code: int) -> str:
+    """'exit code 1' or 'signal SIGKILL', as a returncode reads."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"exit code {code}"
 
 
 # --------------------------------------------------------------------------- the wheel
@@ -275,6 +330,7 @@ class EmbeddedTriton:
         self._own_log_dir: Path | None = None
         self._log_file: BinaryIO | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
         self._stopping = False
 
     # -- properties
@@ -323,7 +379,7 @@ class EmbeddedTriton:
             f"--metrics-port={self.metrics_port}",
             # A region name of our own: two embedded Tritons on one host never
             # share the Python backend's /dev/shm regions.
-            f"--backend-config=python,shm-region-prefix-name=sentiment-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            f"--backend-config=python,shm-region-prefix-name={_SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}",
         ]
         if self.shm_default_byte_size is not None:
             args.append(f"--backend-config=python,shm-default-byte-size={self.shm_default_byte_size}")
@@ -360,6 +416,7 @@ class EmbeddedTriton:
             )
         backend_dir = prepare_backend_dir(dist, self.cache_dir)
         check_repository(self.model_repository, backend_dir)
+        remove_stale_shared_memory()
 
         self.grpc_port = self._grpc_port_arg or free_port(self.host)
         self.metrics_port = self._metrics_port_arg or free_port(self.host)
@@ -382,10 +439,17 @@ class EmbeddedTriton:
                 cwd=str(log_dir),
                 start_new_session=True,  # own process group: the terminal's Ctrl-C is not sent to it
                 close_fds=True,
+                preexec_fn=_die_with_parent,  # prctl only: safe between fork and exec
             )
         except OSError as exc:
             log_file.close()
             raise TritonLaunchError(f"cannot start {args[0]}: {exc}") from exc
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(self._process.pid)],
+            stdin=subprocess.PIPE,
+            start_new_session=True,  # survives its launcher's group being signalled: it must outlive the launcher
+            close_fds=True,
+        )
         self._log_file = log_file
         self._stopping = False
         atexit.register(self._atexit_stop)
@@ -456,13 +520,36 @@ class EmbeddedTriton:
                 logger.warning("tritonserver pid %d ignored SIGTERM for %.1fs: killing it", process.pid, grace_s)
                 self._kill_group(process.pid)
                 code = process.wait()
-        # Stubs are Triton's children in the same process group; a clean
-        # shutdown stops them, a killed Triton may leave them behind.
-        if code is not None and code < 0 and -code == signal.SIGKILL:
-            self._kill_group(process.pid)
+        self._discard_group()
         self._close_log(clean=code == 0)
-        logger.info("tritonserver pid %d stopped (exit code %s)", process.pid, code)
+        logger.info("tritonserver pid %d stopped (%s)", process.pid, describe_exit(code))
         return code
+
+    def restart(self) -> None:
+        """Start again after Triton died: the same ports (clients reconnect) and the same log file.
+
+        Call from the thread that started it: the child dies with that thread.
+        """
+        if self.is_running():
+            raise TritonLaunchError(f"Triton is still running (pid {self.pid})")
+        self._discard_group()
+        self._close_log(clean=False)
+        self._grpc_port_arg, self._metrics_port_arg = self.grpc_port, self.metrics_port
+        if self.log_path is not None:
+            self._log_dir_arg = self.log_path.parent
+        self.start()
+
+    def _discard_group(self) -> None:
+        """Whatever is left of Triton's process group (stubs of a killed Triton) goes, through the reaper."""
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            assert reaper.stdin is not None
+            reaper.stdin.close()  # the reaper kills the group and exits
+            try:
+                reaper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
+                reaper.wait()
 
     @staticmethod
     def _kill_group(pgid: int) -> None:

@@ -47,6 +47,9 @@ class Metrics:
         )
         self.in_flight = Gauge("sentiment_requests_in_flight", "admitted RPCs in flight", registry=r)
         self.triton_errors = Counter("sentiment_triton_errors", "failed Triton calls by kind", ["kind"], registry=r)
+        self.triton_restarts = Counter(
+            "sentiment_triton_restarts", "restarts of the embedded Triton after it died", registry=r
+        )
         self.padded_tokens = Counter("sentiment_padded_tokens", "tokens sent to Triton, padding included", registry=r)
         self.real_tokens = Counter("sentiment_real_tokens", "tokens sent to Triton, padding excluded", registry=r)
         self.cache_hits = Counter("sentiment_result_cache_hits", "texts answered from the result cache", registry=r)
