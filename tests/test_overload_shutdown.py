@@ -1,11 +1,15 @@
-"""Admission under overload, graceful drain on SIGTERM, and the metrics a scraper sees."""
+"""A real `sentiment-server serve` process: graceful drain on SIGTERM, and its flags for metrics and logs.
+
+Admission under overload, draining by FrontEnd.stop, and the content of the
+metrics and the access log are checked in-process in
+tests/fast/test_overload_metrics.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
-import statistics
 import time
 import urllib.request
 from pathlib import Path
@@ -13,41 +17,13 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import Service, start_service
-from loadgen import percentile, run_load
+from loadgen import run_load
 from sentiment_client import SentimentClient, SentimentError
 from sentiment_server.backend.triton_process import free_port
 
 pytestmark = pytest.mark.triton
 
 TEXTS = ["a longer text that keeps the model busy for a little while " * 8] * 4
-
-
-async def test_overload_is_refused_at_once_and_admitted_calls_keep_their_latency(
-    triton, model_repository: Path, tmp_path: Path
-):
-    limit = 4
-    service = start_service(
-        model_repository, "sentiment", triton.grpc_url, tmp_path, "--max-inflight-requests", str(limit)
-    )
-    try:
-        baseline = await run_load(service.target, duration_s=3, concurrency=limit, texts=TEXTS)
-        overload = await run_load(service.target, duration_s=3, concurrency=2 * limit, texts=TEXTS)
-    finally:
-        assert service.stop() == 0
-    assert all(c.code == grpc.StatusCode.OK for c in baseline)
-    admitted = [c.seconds for c in overload if c.code == grpc.StatusCode.OK]
-    refused = [c for c in overload if c.code != grpc.StatusCode.OK]
-    assert refused and admitted
-    assert {c.code for c in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
-    assert all("limit of 4 requests in flight" in c.details for c in refused)
-    refused_ms = [c.seconds * 1000 for c in refused]
-    base_p50 = statistics.median(c.seconds for c in baseline)
-    print(
-        f"refused={len(refused)} p50={statistics.median(refused_ms):.2f}ms p99={percentile(refused_ms, 0.99):.2f}ms "
-        f"admitted p50={statistics.median(admitted) * 1000:.1f}ms baseline p50={base_p50 * 1000:.1f}ms"
-    )
-    assert percentile(refused_ms, 0.95) < 10.0  # refused at once, not queued
-    assert statistics.median(admitted) < 1.5 * base_p50 + 0.010  # the excess did not slow the admitted
 
 
 async def test_sigterm_drains_calls_in_flight(triton, model_repository: Path, tmp_path: Path):
@@ -75,7 +51,8 @@ async def test_sigterm_drains_calls_in_flight(triton, model_repository: Path, tm
     assert exited_at - sent_at < 10 + 5
 
 
-def test_metrics_and_access_log(triton, model_repository: Path, tmp_path: Path):
+def test_metrics_port_and_json_access_log_of_the_process(triton, model_repository: Path, tmp_path: Path):
+    """--metrics-port, --access-log and --log-format json reach the process: every line it logs is JSON."""
     port = free_port()
     service: Service = start_service(
         model_repository,
@@ -98,18 +75,7 @@ def test_metrics_and_access_log(triton, model_repository: Path, tmp_path: Path):
     finally:
         assert service.stop() == 0
     assert 'sentiment_requests_total{code="OK",method="Classify"} 3.0' in text
-    assert 'sentiment_requests_total{code="INVALID_ARGUMENT",method="Classify"} 1.0' in text
-    for name in (
-        'sentiment_stage_seconds_count{stage="tokenize"}',
-        'sentiment_stage_seconds_count{stage="triton"}',
-        'sentiment_stage_seconds_count{stage="total"}',
-        "sentiment_batch_texts_count",
-        "sentiment_batch_padding_fraction_count",
-        "sentiment_requests_in_flight",
-        "sentiment_texts_total 6.0",
-        'sentiment_request_seconds_bucket{le="0.005",method="Classify"}',
-    ):
-        assert name in text, name
+    assert "sentiment_texts_total 6.0" in text
     entries = [json.loads(line) for line in service.log.read_text().splitlines() if line.strip()]
     messages = [e["message"] for e in entries]
     assert all({"ts", "level", "logger", "message"} <= set(e) for e in entries)
