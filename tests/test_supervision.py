@@ -138,6 +138,20 @@ def test_a_killed_triton_is_restarted_and_health_follows(up: Up) -> None:
     assert "sentiment_triton_restarts_total 1.0" in metrics
 
 
+def test_a_killed_stub_makes_up_restart_triton(up: Up) -> None:
+    """Triton itself would keep failing the dead stub's model instance: the supervisor restarts it."""
+    [triton] = up.triton_pids()
+    stub = min(_children(triton))
+    os.kill(stub, signal.SIGKILL)
+    up.wait_log(rf"tritonserver pid {triton} lost its stub process\(es\) \[{stub}\]: killing it")
+    _wait_health(up, health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+    _wait_health(up, SERVING, 90)
+    assert len(up.triton_pids()) == 2
+    with SentimentClient(up.target) as client:
+        labels = [client.classify([f"text {i}"]).results[0].label for i in range(10)]  # both instances answer
+    assert set(labels) <= {"NEGATIVE", "POSITIVE"}
+
+
 @pytest.mark.parametrize("up", [("--triton-max-restarts", "1", "--grace-s", "2")], indirect=True)
 def test_up_gives_up_after_the_crash_budget_with_a_non_zero_exit(up: Up) -> None:
     os.kill(up.triton_pids()[0], signal.SIGKILL)

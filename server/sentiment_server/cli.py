@@ -155,26 +155,28 @@ def _embedded_triton(settings: TritonSettings) -> Iterator[EmbeddedTriton]:
         yield triton
 
 
-def _supervisor(triton: EmbeddedTriton, settings: TritonSettings, on_restart: Callable[[], None]) -> TritonSupervisor:
+def _supervisor(triton: EmbeddedTriton, settings: TritonSettings) -> TritonSupervisor:
     from .backend.triton_supervisor import RestartPolicy, TritonSupervisor
 
     policy = RestartPolicy(max_restarts=settings.triton_max_restarts, window_s=settings.triton_restart_window_s)
-    return TritonSupervisor(triton, policy, on_restart)
+    return TritonSupervisor(triton, settings.model_name, policy, settings.triton_ready_timeout_s)
 
 
 async def _up(settings: UpSettings) -> None:
     _export_or_demo(settings)
     with _embedded_triton(settings) as triton:
+        supervisor = _supervisor(triton, settings)
         await _serve(
             replace(pick(ServeSettings, settings), triton_url=triton.grpc_url),
-            lambda metrics: _supervisor(triton, settings, metrics.triton_restarts.inc).run(),
+            lambda metrics: supervisor.run(on_restart=metrics.triton_restarts.inc),
         )
 
 
 async def _triton(settings: TritonSettings) -> None:
     with _embedded_triton(settings) as triton:
+        supervisor = _supervisor(triton, settings)
         print(f"sentiment-server: Triton ready at {triton.grpc_url}", flush=True)
-        await _wait_for_signal(_supervisor(triton, settings, lambda: None).run())
+        await _wait_for_signal(supervisor.run())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,11 +74,24 @@ def _convert(code: grpc.StatusCode | None, details: str) -> ServiceError:
         return DeadlineExceeded("deadline exceeded while waiting for the model")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return BackendUnavailable("model backend overloaded")
-    return TritonFailure(f"triton error: {code} {details}")
+    return _answer_error(f"{code} {details}")
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> ServiceError:
     return _convert(exc.code(), exc.details() or "")
+
+
+# What Triton's Python backend answers while a model instance's stub process is dead: the model is
+# not usable there until Triton restarts (the supervisor does), so the batch may be retried.
+_STUB_DOWN = re.compile(r"[Ss]tub process.*(not healthy|unhealthy)")
+
+
+def _answer_error(message: str) -> ServiceError:
+    if _STUB_DOWN.search(message):
+        error: ServiceError = BackendUnavailable("model backend unavailable")
+        error.__cause__ = TritonFailure(message)
+        return error
+    return TritonFailure(f"triton error: {message}")
 
 
 class _InferStream:
@@ -171,7 +185,7 @@ class _InferStream:
                 if waiting is None or waiting.done():
                     continue  # its caller gave up
                 if answer.error_message:
-                    waiting.set_exception(TritonFailure(f"triton error: {answer.error_message}"))
+                    waiting.set_exception(_answer_error(answer.error_message))
                 else:
                     waiting.set_result(answer.infer_response)
                 # The caller answers its own caller before the next read is posted:

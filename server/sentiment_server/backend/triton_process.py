@@ -53,7 +53,6 @@ _READY_POLL_S = 0.2
 _MARKER = ".prepared.json"
 
 
-_PR_SET_PDEATHSIG = 1  # prctl(2)
 _SHM_PREFIX = "sentiment-"  # the Python backend's /dev/shm regions of every embedded Triton start with it
 
 # The group reaper: a tiny process that holds a pipe from the launcher and, once
@@ -73,10 +72,12 @@ class TritonLaunchError(RuntimeError):
     """The embedded Triton cannot be prepared, started, or did not become ready."""
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the thread that started it ends (the launcher's main thread)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _dying_with_launcher(args: list[str]) -> list[str]:
+    """`args` run through util-linux's setpriv, which sets PR_SET_PDEATHSIG and execs them: Triton gets
+    SIGKILL when the thread that started it ends. (Not preexec_fn: Python code between fork and exec in a
+    process with gRPC's threads has crashed the child.) Without setpriv the group reaper still covers it."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *args] if setpriv else args
 
 
 def _pid_alive(pid: int) -> bool:
@@ -101,6 +102,19 @@ def remove_stale_shared_memory(shm_dir: Path = Path("/dev/shm")) -> list[Path]:
     if removed:
         logger.info("removed %d stale shared-memory regions of an earlier embedded Triton", len(removed))
     return removed
+
+
+def child_pids(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (Linux /proc); a zombie (dead, not yet reaped) is not live."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]  # the name before ")" may hold spaces
+        except (OSError, ValueError):
+            continue
+        if parent == str(pid) and state != "Z":
+            children.add(int(stat.parent.name))
+    return children
 
 
 def describe_exit(code: int) -> str:
@@ -358,6 +372,16 @@ class EmbeddedTriton:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def stub_pids(self) -> set[int]:
+        """The Python backend's stub processes (one per model instance), children of tritonserver."""
+        return child_pids(self._process.pid) if self.is_running() and self._process is not None else set()
+
+    def kill(self) -> None:
+        """SIGKILL tritonserver (a stub died: Triton would keep failing that instance's requests)."""
+        if self._process is not None and self.is_running():
+            self._kill_group(self._process.pid)
+            self._process.wait()
+
     # -- lifecycle
 
     def command(self, backend_dir: Path) -> list[str]:
@@ -431,7 +455,7 @@ class EmbeddedTriton:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         try:
             self._process = subprocess.Popen(
-                args,
+                _dying_with_launcher(args),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -439,7 +463,6 @@ class EmbeddedTriton:
                 cwd=str(log_dir),
                 start_new_session=True,  # own process group: the terminal's Ctrl-C is not sent to it
                 close_fds=True,
-                preexec_fn=_die_with_parent,  # prctl only: safe between fork and exec
             )
         except OSError as exc:
             log_file.close()

@@ -1,13 +1,15 @@
 """Keeps the embedded tritonserver alive: restarts with backoff, and a crash budget.
 
-When tritonserver exits on its own, the supervisor logs one line with the exit
-code or signal, waits (the backoff doubles with each crash in the window, from
-`first_backoff_s` up to `max_backoff_s`), starts it again on the same ports,
-and reports the restart. Health needs nothing from here: the front-end's
-readiness poll sees the model go and come back. More than `max_restarts`
-crashes within `window_s` means something is wrong that a restart does not fix:
-`run` raises `TritonGaveUp`, and the caller drains and exits non-zero so that
-systemd, compose or Kubernetes take over.
+The supervisor restarts tritonserver when it exits on its own, and when one of
+its Python-backend stubs dies (Triton would fail that model instance's
+requests until restarted, so the supervisor kills it first). Each restart is
+one log line with the exit code or signal, a backoff that doubles with each
+crash in the window (from `first_backoff_s` up to `max_backoff_s`), a start on
+the same ports, and a report (`on_restart`). Health needs nothing from here:
+the front-end's readiness poll sees the model go and come back. More than
+`max_restarts` crashes within `window_s` means something is wrong that a
+restart does not fix: `run` raises `TritonGaveUp`, and the caller drains and
+exits non-zero so that systemd, compose or Kubernetes take over.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .triton_process import EmbeddedTriton, describe_exit
+from .triton_process import EmbeddedTriton, TritonLaunchError, describe_exit
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +45,40 @@ class TritonSupervisor:
     def __init__(
         self,
         triton: EmbeddedTriton,
+        model_name: str,
         policy: RestartPolicy,
-        on_restart: Callable[[], None] = lambda: None,
+        ready_timeout_s: float,
         poll_s: float = 0.2,
     ) -> None:
+        """Create it as soon as Triton has the model ready: the stubs it sees then are watched from then on."""
         self._triton = triton
+        self._model_name = model_name
+        self._ready_timeout_s = ready_timeout_s
         self._policy = policy
-        self._on_restart = on_restart
         self._poll_s = poll_s
+        self._first_stubs = triton.stub_pids()
         self.restarts = 0
 
-    async def run(self) -> None:
+    async def run(self, on_restart: Callable[[], None] = lambda: None) -> None:
         """Watch until cancelled; raises TritonGaveUp once the crash budget is spent."""
         crashes: deque[float] = deque()
+        stubs = self._first_stubs  # seen since the last (re)start
         while True:
             await asyncio.sleep(self._poll_s)
             code = self._triton.returncode
             if code is None:
-                continue
+                alive = self._triton.stub_pids()
+                dead = stubs - alive
+                stubs |= alive
+                if not dead:
+                    continue
+                log.error(
+                    "tritonserver pid %s lost its stub process(es) %s: killing it", self._triton.pid, sorted(dead)
+                )
+                self._triton.kill()
+                code = self._triton.returncode
+                assert code is not None
+            stubs = set()
             now = time.monotonic()
             crashes.append(now)
             while crashes[0] < now - self._policy.window_s:
@@ -84,4 +102,17 @@ class TritonSupervisor:
             await asyncio.sleep(backoff)
             self._triton.restart()
             self.restarts += 1
-            self._on_restart()
+            on_restart()
+            stubs = await self._stubs_once_ready()
+
+    async def _stubs_once_ready(self) -> set[int]:
+        """The stubs of a restarted Triton once its model is ready (stubs come and go while it loads).
+
+        A Triton that exits meanwhile is seen by the next poll; one that is not ready in time is killed.
+        """
+        try:
+            await asyncio.to_thread(self._triton.wait_ready, self._model_name, self._ready_timeout_s)
+        except TritonLaunchError as exc:
+            log.error("restarted tritonserver is not ready: %s", str(exc).splitlines()[0])
+            self._triton.kill()
+        return self._triton.stub_pids()
