@@ -231,12 +231,6 @@ def test_unparseable_stream_message_is_invalid_argument(channel: grpc.Channel) -
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=grpc.RpcError,
-    reason="servicer bug: a failing stream message aborts the call from its own task, before the responses of "
-    "the messages ahead of it are sent (and, racing such a send, the abort fails and the stream hangs)",
-)
 @pytest.mark.parametrize("failing", ["unparseable", "empty text"])
 def test_a_failing_stream_message_waits_for_the_responses_ahead_of_it(
     service: InProcessServer, channel: grpc.Channel, failing: str

@@ -86,7 +86,9 @@ def test_overload_is_refused_at_once_and_admitted_calls_keep_their_latency() -> 
         f"p99={percentile(refused_ms, 0.99):.2f}ms "
         f"admitted p50={statistics.median(admitted) * 1000:.1f}ms baseline p50={base_p50 * 1000:.1f}ms"
     )
-    assert percentile(refused_ms, 0.95) < 10.0  # refused at once, not queued behind the model
+    # Refused at once, not queued behind the model: faster than one pass of it. (An absolute bound of a few
+    # milliseconds measured the shared machine's scheduling more than the server.)
+    assert percentile(refused_ms, 0.95) < MODEL_S * 1000
     assert statistics.median(admitted) < 1.5 * base_p50 + 0.010  # the excess did not slow the admitted
 
 

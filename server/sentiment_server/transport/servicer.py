@@ -65,6 +65,17 @@ class DeadlinePolicy:
         return time.monotonic() + budget
 
 
+class _Refusal(Exception):
+    """A call's refusal: its status, its caller-facing message and its request id."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, rid: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.rid = code, message, rid
+
+    async def abort(self, context: Context) -> None:
+        await context.abort(self.code, self.message, trailing_metadata=((REQUEST_ID_KEY, self.rid),))
+
+
 def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
     """The caller's x-request-id when it is safe to log, else a fresh one (32 hex digits, like uuid4().hex)."""
     for key, value in metadata:
@@ -134,7 +145,19 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         self._model_version = info.version
 
     async def _handle(self, method: str, context: Context, request: Any, work: Work[T]) -> T:
-        """Every call, and every refusal, passes here: request id, admission, the error table, metrics, log."""
+        """A unary call: `_run`, and its refusal answered as the call's status."""
+        try:
+            return await self._run(method, context, request, work)
+        except _Refusal as refusal:
+            await refusal.abort(context)
+            raise  # unreachable: abort raises
+
+    async def _run(self, method: str, context: Context, request: Any, work: Work[T]) -> T:
+        """Every call, and every refusal, passes here: request id, admission, the error table, metrics, log.
+
+        A refusal is raised as `_Refusal`, for the RPC's own handler to answer: a stream's failing message
+        must wait for the responses ahead of it.
+        """
         metadata = context.invocation_metadata() or ()
         rid = request_id(metadata)
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
@@ -167,8 +190,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
                 log.debug("request %s %s: %s %s", rid, method, code.name, message)
             if isinstance(exc, (BackendUnavailable, TritonFailure)):
                 self.metrics.triton_errors.labels(kind=type(exc).__name__).inc()
-            await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, rid),))
-            raise  # unreachable: abort raises
+            raise _Refusal(code, message, rid) from exc
         finally:
             elapsed = time.monotonic() - started
             # Metrics are kept once the reply is on its way, not on the caller's path.
@@ -219,7 +241,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         queue: asyncio.Queue[asyncio.Task[pb.ClassifyStreamResponse] | None] = asyncio.Queue()
 
         async def one(message: Any) -> pb.ClassifyStreamResponse:
-            response = await self._handle(
+            response = await self._run(
                 "ClassifyStream", context, message, lambda m, rid: self._classify(m.request, context, rid)
             )
             return pb.ClassifyStreamResponse(response=response, correlation_id=message.correlation_id)
@@ -239,6 +261,8 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             while (task := await queue.get()) is not None:
                 try:
                     yield await task
+                except _Refusal as refusal:  # its turn: the responses ahead of it are out
+                    await refusal.abort(context)
                 finally:
                     window.release()
             await reader  # re-raises what ended the reading, e.g. a malformed message
