@@ -92,7 +92,7 @@ async def test_interrupted_batches_never_leave_a_broken_stream_behind(triton: Em
     """
     import random
 
-    from sentiment_server.backend.triton_client import TritonPool
+    from sentiment_server.backend.triton_pool import TritonPool
 
     endpoint = TritonEndpoint(triton.grpc_url, "sentiment")
     pool = TritonPool([endpoint])

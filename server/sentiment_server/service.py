@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 
-from .backend.triton_client import TritonEndpoint, TritonPool, TritonTLS
+from .backend.triton_client import TritonEndpoint, TritonTLS
+from .backend.triton_pool import TritonPool
 from .core.inference import ServedModel
 from .errors import TritonNotReady
 from .model_artifact import ModelInfo

@@ -45,7 +45,7 @@ class ExportSettings(ModelSettings):
     device: str = _opt("cpu", "where Triton runs the model", ("cpu", "gpu"))
     max_batch_size: int = _opt(64, "Triton max_batch_size")
     # One single-threaded instance per CPU core beats one instance using every
-    # core: no thread barriers for the front-end to stall (bench/, README).
+    # core: no thread barriers for the front-end to stall (docs/performance.md).
     instance_count: int = _opt(2, "Triton model instances (CPU: one per core, with --torch-threads 1)")
     torch_threads: int = _opt(1, "intra-op threads per instance (0 = torch default: every core)")
     force: bool = _opt(False, "overwrite a different model already in the repository")

@@ -5,7 +5,8 @@ import time
 
 import numpy as np
 import pytest
-from sentiment_server.core.batching import BatchStats, Coalescer
+from sentiment_server.core.batch_planning import BatchStats
+from sentiment_server.core.batching import Coalescer
 from sentiment_server.errors import BackendUnavailable, DeadlineExceeded
 
 
@@ -177,7 +178,7 @@ def _cheapest(lengths, max_texts, max_tokens, overhead):
 def test_plan_groups_finds_the_cheapest_cut_within_the_limits(seed):
     import random
 
-    from sentiment_server.core.batching import plan_groups
+    from sentiment_server.core.batch_planning import plan_groups
 
     rng = random.Random(seed)
     lengths = sorted(rng.randint(3, 60) for _ in range(rng.randint(1, 10)))
@@ -192,7 +193,7 @@ def test_plan_groups_finds_the_cheapest_cut_within_the_limits(seed):
 
 
 def test_plan_groups_trades_padding_against_passes():
-    from sentiment_server.core.batching import plan_groups
+    from sentiment_server.core.batch_planning import plan_groups
 
     lengths = [10, 10, 11, 12, 100, 101, 250]
     # Passes cost nothing: no padding at all is cheapest.
@@ -210,7 +211,7 @@ def test_the_python_model_plans_like_the_coalescer():
     import random
 
     from sentiment_server.backend import PYTHON_MODEL_SOURCE
-    from sentiment_server.core import batching
+    from sentiment_server.core import batch_planning
 
     source = PYTHON_MODEL_SOURCE.read_text()
     node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "plan_groups")
@@ -221,7 +222,7 @@ def test_the_python_model_plans_like_the_coalescer():
     for _ in range(200):
         lengths = sorted(rng.randint(1, 300) for _ in range(rng.randint(0, 40)))
         args = (rng.randint(1, 64), rng.randint(1, 5000), rng.choice((0, 16, 32, 64, 4096)))
-        expected = batching.plan_groups(lengths, max_texts=args[0], max_tokens=args[1], overhead_tokens=args[2])
+        expected = batch_planning.plan_groups(lengths, max_texts=args[0], max_tokens=args[1], overhead_tokens=args[2])
         assert copy(lengths, *args) == expected  # type: ignore[operator]
 
 

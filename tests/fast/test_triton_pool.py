@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sentiment_server.backend.triton_client import TritonEndpoint, TritonPool
+from sentiment_server.backend.triton_client import TritonEndpoint
+from sentiment_server.backend.triton_pool import TritonPool
 from sentiment_server.errors import BackendUnavailable, ModelMismatch
 from sentiment_server.model_artifact import ModelInfo
 

@@ -34,7 +34,7 @@ MAX_PASS_TOKENS = 4096  # padded tokens per forward pass when passes are planned
 def plan_groups(lengths, max_texts, max_tokens, overhead_tokens):
     """Group sizes for texts sorted by length: least `overhead + n * longest` in total.
 
-    A copy of sentiment_server.batching.plan_groups (this file imports nothing
+    A copy of sentiment_server.core.batch_planning.plan_groups (this file imports nothing
     from sentiment_server); tests check that the two agree.
     """
     count = len(lengths)

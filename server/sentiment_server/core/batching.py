@@ -33,53 +33,17 @@ import asyncio
 import contextvars
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DeadlineExceeded, ShuttingDown, TritonFailure
 from .batch_costs import FILL_TOKENS_PER_OVERHEAD, PLANNING_OVERHEAD_TOKENS
+from .batch_planning import BatchStats, plan_groups
 from .inference import Logits
 from .tokenization import IdArray, pad_batch
 
 InferFn = Callable[[IdArray, IdArray, float], Coroutine[Any, Any, Logits]]  # (ids, mask, monotonic deadline)
-
-
-def plan_groups(lengths: Sequence[int], *, max_texts: int, max_tokens: int, overhead_tokens: int) -> list[int]:
-    """Cut texts sorted by length into consecutive groups of least total cost; returns the group sizes.
-
-    A group of n texts runs padded to its longest, L, and costs
-    `overhead_tokens + n * L`. Each group holds at most `max_texts` texts and
-    `max_tokens` padded tokens (a single text always fits). Dynamic
-    programming over the cut points: O(len(lengths) * max_texts).
-    """
-    count = len(lengths)
-    best = [0.0] + [float("inf")] * count  # best[j]: cheapest cost of the first j texts
-    cut = [0] * (count + 1)
-    for j in range(1, count + 1):
-        longest = lengths[j - 1]
-        fits = max(1, min(max_texts, max_tokens // max(1, longest)))
-        for i in range(max(0, j - fits), j):
-            cost = best[i] + overhead_tokens + (j - i) * longest
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    sizes: list[int] = []
-    j = count
-    while j > 0:
-        sizes.append(j - cut[j])
-        j = cut[j]
-    return sizes[::-1]
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    texts: int
-    real_tokens: int
-    padded_tokens: int
-
-    @property
-    def padding_fraction(self) -> float:
-        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from .result_cache import ResultCache
 from .tokenization import EncodedText, IdArray, TextTokenizer
 
 # Requests with at most this many characters are tokenized on the event loop
-# (about 0.4 ms of work at most); larger ones in a worker thread, unless no
+# (cheaper there than a hop to a thread and back); larger ones in a worker thread, unless no
 # other call is in flight (nothing would run meanwhile: the hop only adds latency).
 INLINE_TOKENIZE_CHARS = 1024
 

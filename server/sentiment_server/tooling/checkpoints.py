@@ -107,12 +107,7 @@ def build_tiny_checkpoint(
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     labels = list(labels)
-    if not labels:
-        raise CheckpointError("at least one label is needed")
-    if len(set(labels)) != len(labels):
-        raise CheckpointError(f"labels must be distinct: {labels}")
-    if problem_type not in (SINGLE_LABEL, MULTI_LABEL):
-        raise CheckpointError(f"problem_type must be {SINGLE_LABEL!r} or {MULTI_LABEL!r}")
+    _check_labels(labels, problem_type)
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,3 +141,12 @@ def build_tiny_checkpoint(
         seed,
     )
     return out
+
+
+def _check_labels(labels: list[str], problem_type: str) -> None:
+    if not labels:
+        raise CheckpointError("at least one label is needed")
+    if len(set(labels)) != len(labels):
+        raise CheckpointError(f"labels must be distinct: {labels}")
+    if problem_type not in (SINGLE_LABEL, MULTI_LABEL):
+        raise CheckpointError(f"problem_type must be {SINGLE_LABEL!r} or {MULTI_LABEL!r}")

@@ -1,4 +1,7 @@
-"""proto <-> domain only: requests in, pipeline called, typed responses out."""
+"""The service's RPCs: each call's request id, admission, deadline, the pipeline, and the one refusal path.
+
+The conversions between protobuf messages and the pipeline's types are in `messages`.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 
 from .. import tracing
-from ..core.pipeline import ClassificationPipeline, ClassifyOptions, ClassifyOutput, Timings, Truncation
+from ..core.pipeline import ClassificationPipeline, ClassifyOptions, Timings
 from ..errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -26,7 +29,7 @@ from ..errors import (
     TritonFailure,
     to_status,
 )
-from ..model_artifact import MULTI_LABEL
+from . import messages
 from .admission import Admission
 from .metrics import Metrics
 from .registration import MALFORMED, MALFORMED_MESSAGE
@@ -36,12 +39,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID_KEY = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _STREAM_WINDOW = 64  # stream messages processed concurrently; responses still leave in order
-
-_TRUNCATION = {
-    pb.TRUNCATION_STRATEGY_UNSPECIFIED: Truncation.TRUNCATE,
-    pb.TRUNCATION_STRATEGY_TRUNCATE: Truncation.TRUNCATE,
-    pb.TRUNCATION_STRATEGY_REJECT: Truncation.REJECT,
-}
 
 T = TypeVar("T")
 Work = Callable[[Any, str], Awaitable[T]]  # (request, request id) -> response
@@ -82,46 +79,6 @@ def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
         if key == REQUEST_ID_KEY and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
             return value
     return secrets.token_hex(16)
-
-
-def _texts_in(request: Any) -> int:
-    """Texts a request carries, for admission (0 for requests without texts)."""
-    if isinstance(request, pb.ClassifyStreamRequest):
-        request = request.request
-    return len(getattr(request, "texts", ()))
-
-
-def _truncation(options: pb.TruncationOptions) -> Truncation:
-    try:
-        return _TRUNCATION[options.strategy]
-    except KeyError:
-        raise InvalidInput(f"unknown truncation strategy {options.strategy}") from None
-
-
-def _classify_response(output: ClassifyOutput, rid: str, model_name: str, model_version: str) -> pb.ClassifyResponse:
-    t = output.timings
-    return pb.ClassifyResponse(
-        results=[
-            pb.Classification(
-                label=r.labels[0].label,
-                score=r.labels[0].score,
-                scores=[pb.LabelScore(label=x.label, score=x.score, label_id=x.label_id) for x in r.labels],
-                logits=r.logits,
-                num_tokens=r.num_tokens,
-                truncated=r.truncated,
-            )
-            for r in output.results
-        ],
-        model_name=model_name,
-        model_version=model_version,
-        request_id=rid,
-        timings=pb.Timings(
-            tokenize_us=int(t.tokenize_s * 1e6),
-            queue_us=int(t.queue_s * 1e6),
-            inference_us=int(t.inference_s * 1e6),
-            total_us=int(t.total_s * 1e6),
-        ),
-    )
 
 
 class SentimentServicer(pb_grpc.SentimentServiceServicer):
@@ -169,7 +126,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
                 raise InvalidInput(MALFORMED_MESSAGE)
             if not self.accepting:
                 raise ShuttingDown("server is shutting down")
-            texts = _texts_in(request)
+            texts = messages.texts_in(request)
             with (
                 self.admission.admit(texts),
                 tracing.server_span(method, metadata, rid),
@@ -212,11 +169,11 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             top_k=request.top_k,
             return_logits=request.return_logits,
             max_length=request.truncation.max_length,
-            truncation=_truncation(request.truncation),
+            truncation=messages.truncation(request.truncation),
         )
         output = await self.pipeline.classify(texts, options, self.deadlines.deadline(context))
         asyncio.get_running_loop().call_soon(self._observe, output.timings, len(texts))
-        return _classify_response(output, rid, self._model_name, self._model_version)
+        return messages.classify_response(output, rid, self._model_name, self._model_version)
 
     def _observe(self, t: Timings, texts: int) -> None:
         stages = self._stages
@@ -276,23 +233,9 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         async def work(request: pb.TokenizeRequest, rid: str) -> pb.TokenizeResponse:
             encoded = await self.pipeline.tokenize(
-                list(request.texts), request.truncation.max_length, _truncation(request.truncation)
+                list(request.texts), request.truncation.max_length, messages.truncation(request.truncation)
             )
-            length = max(len(e.ids) for e in encoded) if request.pad else 0
-            pad_id = self.pipeline.tokenizer.pad_token_id
-            results = []
-            for e in encoded:
-                ids = [int(i) for i in e.ids]
-                padding = max(0, length - len(ids))
-                results.append(
-                    pb.TokenizedText(
-                        input_ids=ids + [pad_id] * padding,
-                        attention_mask=[1] * len(ids) + [0] * padding,
-                        tokens=list(e.tokens),
-                        truncated=e.truncated,
-                    )
-                )
-            return pb.TokenizeResponse(results=results, request_id=rid)
+            return messages.tokenize_response(encoded, request.pad, self.pipeline.tokenizer.pad_token_id, rid)
 
         return await self._handle("Tokenize", context, request, work)
 
@@ -300,20 +243,6 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         info = self.pipeline.info
 
         async def work(request: pb.GetModelInfoRequest, rid: str) -> pb.GetModelInfoResponse:
-            return pb.GetModelInfoResponse(
-                model_name=info.model_name,
-                model_version=info.version,
-                source_checkpoint=info.source,
-                labels=info.labels,
-                max_sequence_length=info.max_length,
-                problem_type=(
-                    pb.PROBLEM_TYPE_MULTI_LABEL_CLASSIFICATION
-                    if info.problem_type == MULTI_LABEL
-                    else pb.PROBLEM_TYPE_SINGLE_LABEL_CLASSIFICATION
-                ),
-                backend=info.backend,
-                dtype=info.dtype,
-                demo=info.demo,
-            )
+            return messages.model_info_response(info)
 
         return await self._handle("GetModelInfo", context, request, work)
