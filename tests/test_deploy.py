@@ -320,7 +320,7 @@ def test_dockerignore_keeps_the_build_inputs() -> None:
 def test_triton_flags_exist() -> None:
     """Every Triton flag used in compose and Kubernetes is one `tritonserver --help` lists."""
     try:
-        from sentiment_server.backend.triton_process import find_distribution
+        from sentiment_server.backend.triton_distribution import find_distribution
 
         dist = find_distribution()
     except Exception as exc:  # the embedded extra is optional

@@ -18,13 +18,8 @@ import pytest
 import torch
 from numpy.typing import NDArray
 from sentiment_server import model_artifact as ma
-from sentiment_server.backend.triton_process import (
-    EmbeddedTriton,
-    TritonLaunchError,
-    check_libpython,
-    find_distribution,
-    prepare_backend_dir,
-)
+from sentiment_server.backend.triton_distribution import check_libpython, find_distribution, prepare_backend_dir
+from sentiment_server.backend.triton_process import EmbeddedTriton, TritonLaunchError
 from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
 from sentiment_server.tooling.export import export_model
 
