@@ -89,6 +89,32 @@ def _coalescer(settings: ServeSettings, backend: InferenceBackend, model: Served
     )
 
 
+def _grpc_server(
+    settings: ServeSettings, servicer: SentimentServicer, health: HealthWatcher
+) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server with the services registered and its port bound (not started yet)."""
+    interceptors = [ApiKeyInterceptor(settings.api_key, servicer.refuse)] if settings.api_key else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ],
+    )
+    add_sentiment_service(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+    address = f"{settings.host}:{settings.port}"
+    credentials = _server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    return server, port
+
+
 async def create_server(settings: ServeSettings, backend: InferenceBackend, model: ServedModel) -> FrontEnd:
     """Build and start the front-end around `backend` and `model`; `settings.port` 0 binds any free port.
 
@@ -116,25 +142,7 @@ async def create_server(settings: ServeSettings, backend: InferenceBackend, mode
         access_log=settings.access_log,
     )
     health = HealthWatcher(backend, settings.health_poll_s)
-    interceptors = [ApiKeyInterceptor(settings.api_key, servicer.refuse)] if settings.api_key else []
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ],
-    )
-    add_sentiment_service(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    if settings.reflection:
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-        )
-    address = f"{settings.host}:{settings.port}"
-    credentials = _server_credentials(settings)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    server, port = _grpc_server(settings, servicer, health)
     http_server = None
     if settings.metrics_port >= 0:
         http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
