@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import grpc
 import numpy as np
 from sentiment_server.core.inference import Logits, ServedModel
 from sentiment_server.core.tokenization import IdArray, TextTokenizer
@@ -146,3 +147,13 @@ def wait_until(condition: Any, timeout_s: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(condition())
+
+
+def health_statuses(target: str) -> list[int]:
+    """grpc.health.v1 Check's status for the whole server ("") and for SentimentService."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]  # generated code
+        names = ("", "sentiment.v1.SentimentService")
+        return [int(stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status) for name in names]

@@ -42,21 +42,19 @@ def test_imports_point_down() -> None:
     assert not wrong
 
 
+def _loaded(imports: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has loaded after `import <imports>`."""
+    code = f"import sys, {imports}; print(','.join(m for m in {modules!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    return [m for m in done.stdout.strip().split(",") if m]
+
+
 def test_the_fast_tier_loads_no_torch_and_no_tritonclient() -> None:
     """The in-process server and the fake backend's imports, as the fast tier uses them."""
-    code = (
-        "import sys, sentiment_server.transport.server, sentiment_server.tooling.checkpoints;"
-        "print(sorted(m for m in ('torch', 'transformers', 'tritonclient') if m in sys.modules))"
-    )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert loaded.stdout.strip() == "[]"
+    imports = "sentiment_server.transport.server, sentiment_server.tooling.checkpoints"
+    assert _loaded(imports, ("torch", "transformers", "tritonclient")) == []
 
 
 def test_settings_load_nothing_heavy() -> None:
     """Every CLI command parses its settings first: that must not load numpy, tokenizers or gRPC."""
-    code = (
-        "import sys, sentiment_server.settings;"
-        "print(sorted(m for m in ('numpy', 'tokenizers', 'grpc') if m in sys.modules))"
-    )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert loaded.stdout.strip() == "[]"
+    assert _loaded("sentiment_server.settings", ("numpy", "tokenizers", "grpc")) == []
