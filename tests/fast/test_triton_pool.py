@@ -109,3 +109,29 @@ async def test_retries_stop_at_the_deadline_and_at_retry_s():
         with pytest.raises(BackendUnavailable):
             await pool.infer(*batch(), started + deadline_s)
         assert time.monotonic() - started < 0.3 + 0.1
+
+
+async def test_repeated_data_path_failures_keep_an_endpoint_unready_until_a_probe_inference_works():
+    """ModelReady may say yes while batches fail: three failures in a row, and only a real inference counts."""
+    flaky = endpoint("a:1", ready=True)
+    pool = TritonPool([flaky])
+    await pool.refresh(1.0)
+    await pool.check_model(INFO)
+    probes: list[bool] = []
+
+    async def probe(output_name: str, timeout_s: float) -> bool:
+        works = len(probes) >= 1  # the first probe fails, the second works
+        probes.append(works)
+        if works:
+            flaky.needs_probe = False
+        return works
+
+    flaky.probe = probe  # type: ignore[method-assign]
+    for _ in range(3):
+        await flaky._data_path_failed(BackendUnavailable("model backend unavailable"))
+    assert flaky.needs_probe
+    assert not await pool.refresh(1.0)  # ModelReady says yes; the probe fails: not ready
+    assert await pool.refresh(1.0)  # the probe works: ready again
+    assert probes == [False, True] and not flaky.needs_probe
+    assert await pool.refresh(1.0) and probes == [False, True]  # no more probes once it works
+    await pool.close()
