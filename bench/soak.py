@@ -21,6 +21,26 @@ shorter) it reports the growth of RSS and fds (first sample after the warm-up
 vs the last, and a least-squares slope per minute), prints it as a table and
 writes bench/results/soak.json. Exit code 1 when any call failed (130 when
 interrupted without failures).
+
+Chaos mode (`--chaos-every-s S`, without --target): one supervised
+`sentiment-server up --port 0` child instead (its stderr in up.log in the kept
+log directory, a copy of Triton's log next to it; stopped by pid on every way
+out, SIGTERM then SIGKILL). From the end of the warm-up, every S seconds, it
+SIGKILLs alternately the current tritonserver (a child of `up`) and one of its
+Python backend stubs (children of tritonserver), tritonserver first, and polls
+grpc.health.v1 Check("") on the front-end every 0.1 s: the kill's recovery
+time is the first SERVING after NOT_SERVING (SERVING within 10 s without any
+NOT_SERVING: the health never dropped; nothing within 60 s: not recovered).
+One line per kill. The sampled processes follow the restarts (up, its current
+tritonserver child, that one's children: found again at every sample). At the
+end it reads `sentiment_triton_restarts_total` from the front-end's /metrics
+and counts up's "died with" / "lost its stub" log lines; the kills, their
+recovery times (median, max), the metric and the counts go into the summary,
+written to bench/results/chaos.json unless --output says otherwise. Calls have
+the 30 s deadline: the front-end holds batches while Triton restarts, so none
+should fail. Exit code 1 also when a kill did not recover.
+
+    python bench/soak.py --duration-s 660 --chaos-every-s 60 --warmup-s 60
 """
 
 from __future__ import annotations
@@ -32,11 +52,16 @@ import json
 import logging
 import os
 import random
+import re
+import shutil
 import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -44,13 +69,19 @@ from typing import Any
 
 import grpc
 import numpy as np
-from procs import children
+from procs import HOST, SENTIMENT_SERVER, FrontEnd, children, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "soak.json"
+CHAOS_RESULTS = ROOT / "bench" / "results" / "chaos.json"
 MODEL_NAME = "sentiment"  # the name bench/procs.py serves
 STREAM_MESSAGES = 50
 CHURN_PERIOD_S = 0.5
+HEALTH_POLL_S = 0.1  # chaos: how often the front-end's health is checked after a kill
+NOT_SERVING_WINDOW_S = 10.0  # chaos: a health that stays SERVING this long after a kill never dropped
+RECOVERY_CAP_S = 60.0  # chaos: not SERVING again by then: the kill did not recover
+CHAOS_MAX_RESTARTS = 1000  # chaos: `up`'s crash budget, never spent by a run
+CHAOS_RESTART_WINDOW_S = 60.0
 log = logging.getLogger("bench.soak")
 
 # Odd but valid texts mixed into the corpus: non-Latin scripts, emoji sequences, controls.
@@ -105,15 +136,60 @@ def proc_stats(pids: list[int]) -> ProcStats | None:
     return ProcStats(rss, anon, shmem, fds, threads, alive) if alive else None
 
 
+def process_table() -> dict[int, tuple[int, str]]:
+    """Every live process: pid -> (parent pid, name); zombies (dead, not yet reaped) left out."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        state, parent = text[text.rfind(")") + 1 :].split()[:2]
+        if state != "Z":
+            table[int(stat.parent.name)] = (int(parent), name)
+    return table
+
+
+def direct_children(pid: int, table: Mapping[int, tuple[int, str]]) -> list[int]:
+    return sorted(child for child, (parent, _) in table.items() if parent == pid)
+
+
+def descendants(pid: int, table: Mapping[int, tuple[int, str]]) -> list[int]:
+    out = []
+    for child in direct_children(pid, table):
+        out.append(child)
+        out.extend(descendants(child, table))
+    return out
+
+
+def current_triton(up_pid: int, table: Mapping[int, tuple[int, str]]) -> int | None:
+    """The tritonserver `up` runs now (its other child is the group reaper, a Python process)."""
+    tritons = [pid for pid in direct_children(up_pid, table) if table[pid][1] == "tritonserver"]
+    return tritons[-1] if tritons else None
+
+
 @dataclass
 class Roles:
-    """Which pids to watch: the front-end, Triton, and Triton's children (Python backend stubs)."""
+    """Which pids to watch: the front-end, Triton, and Triton's children (Python backend stubs).
+
+    `supervised`: the front-end is `sentiment-server up`, which restarts Triton; Triton and its stubs are
+    found again, as its current tritonserver child and that one's descendants, every time.
+    """
 
     front_end: int | None = None
     triton: int | None = None
+    supervised: bool = False
 
     def groups(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
+        if self.supervised and self.front_end:
+            table = process_table()
+            triton = current_triton(self.front_end, table)
+            out["front-end"] = [self.front_end]
+            out["triton"] = [triton] if triton else []  # [] while it restarts: printed as "-"
+            out["triton-stubs"] = descendants(triton, table) if triton else []
+            return out
         if self.front_end:
             out["front-end"] = [self.front_end]
         if self.triton:
@@ -265,6 +341,266 @@ class Load:
             return await asyncio.gather(*callers, return_exceptions=True)
 
 
+# --------------------------------------------------------------------------- chaos
+
+
+class SupervisedUp(FrontEnd):
+    """`sentiment-server up --port 0` as a child process: the front-end and the Triton it supervises.
+
+    Its port is read from its first stdout line, its stderr goes to up.log in `log_dir`; `stop` sends
+    SIGTERM and, after `stop_timeout_s`, SIGKILL (Triton and its stubs die with it: PDEATHSIG, group reaper).
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        log_dir: Path,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        stop_timeout_s: float = 40.0,
+    ) -> None:
+        self.metrics_port = free_port()
+        self.log_path = log_dir / "up.log"
+        self.stop_timeout_s = stop_timeout_s  # up drains (10 s) and then stops Triton (up to 10 s)
+        self._log = self.log_path.open("w")
+        command = [
+            *SENTIMENT_SERVER,
+            "up",
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--model-repository",
+            str(repository),
+            "--triton-max-restarts",
+            str(CHAOS_MAX_RESTARTS),
+            "--triton-restart-window-s",
+            str(CHAOS_RESTART_WINDOW_S),
+            *args,
+        ]
+        log.info("up: %s (log %s)", " ".join(command[3:]), self.log_path)
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        try:
+            self.target = self._read_target(timeout_s=300)
+        except BaseException:  # SIGTERM/Ctrl-C while it starts: it must not outlive us
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            log.info("stopping up (pid %s)", self.process.pid)
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("up (pid %s) still running %.0f s after SIGTERM: SIGKILL", self.process.pid,
+                            self.stop_timeout_s)  # fmt: skip
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+    def triton_log(self) -> Path | None:
+        """Triton's log, from up's "started tritonserver pid N: ..., log PATH" line (the same file on restarts)."""
+        paths = re.findall(r"started tritonserver pid \d+: .*, log (\S+)", self.log_path.read_text(errors="replace"))
+        return Path(paths[-1]) if paths else None
+
+    def keep_triton_log(self, log_dir: Path) -> Path | None:
+        """A copy of Triton's log in `log_dir`: up deletes Triton's own log directory on a clean stop."""
+        source = self.triton_log()
+        if source is None or not source.exists():
+            return None
+        copy = log_dir / "tritonserver.log"
+        with contextlib.suppress(OSError):
+            shutil.copyfile(source, copy)
+            return copy
+        return None
+
+    def log_counts(self) -> dict[str, int]:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return {
+            "died_with": text.count(" died with "),
+            "lost_its_stub": text.count(" lost its stub "),
+            "giving_up": text.count("giving up"),
+            "not_ready_after_restart": text.count("restarted tritonserver is not ready"),
+        }
+
+
+def _summary_s(values: list[float]) -> dict[str, float | int | None]:
+    return {
+        "n": len(values),
+        "median": round(statistics.median(values), 2) if values else None,
+        "max": round(max(values), 2) if values else None,
+    }
+
+
+@dataclass
+class Chaos:
+    """Kills tritonserver and its stubs, alternately, every `every_s` from the end of the warm-up, and times
+    each recovery through the front-end's health."""
+
+    every_s: float
+    warmup_s: float
+    duration_s: float
+    up_pid: int
+    metrics: Callable[[], dict[str, float]]
+    kills: list[dict[str, Any]] = field(default_factory=list)
+    restarts_metric: float | None = None
+
+    def kill_times(self) -> list[float]:
+        """Seconds into the run; the last one leaves at least half a period of load after it."""
+        times, at = [], self.warmup_s
+        while at <= self.duration_s - self.every_s / 2:
+            times.append(at)
+            at += self.every_s
+        return times
+
+    def victim(self, kind: str) -> int | None:
+        table = process_table()
+        triton = current_triton(self.up_pid, table)
+        if kind == "triton" or triton is None:
+            return triton
+        stubs = direct_children(triton, table)
+        return stubs[0] if stubs else None
+
+    def restarts(self) -> float | None:
+        try:
+            return self.metrics().get("sentiment_triton_restarts_total")
+        except OSError as exc:
+            log.warning("cannot read the front-end's /metrics: %s", exc)
+            return None
+
+    async def run(self, started: float, target: str, done: asyncio.Event, stop: asyncio.Event) -> None:
+        from grpc_health.v1 import health_pb2_grpc
+
+        times = self.kill_times()
+        async with grpc.aio.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+            for i, at in enumerate(times):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), max(0.0, started + at - time.monotonic()))
+                if done.is_set() or stop.is_set():
+                    break
+                kind = "triton" if i % 2 == 0 else "stub"
+                pid = self.victim(kind)
+                record: dict[str, Any] = {"n": i + 1, "t_s": round(time.monotonic() - started, 1), "kind": kind,
+                                          "pid": pid}  # fmt: skip
+                if pid is None:
+                    record["note"] = f"no {kind} process to kill"
+                else:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        record.update(await self.recovery(health, time.monotonic(), stop))
+                    except ProcessLookupError:
+                        record["note"] = f"{kind} pid {pid} was gone already"
+                record["restarts_metric"] = await asyncio.to_thread(self.restarts)
+                self.kills.append(record)
+                print(self.describe(record, len(times)), flush=True)
+
+    async def recovery(self, health: Any, killed_at: float, stop: asyncio.Event) -> dict[str, Any]:
+        """Health Check("") every 0.1 s from the kill: when it went NOT_SERVING and when SERVING again."""
+        from grpc_health.v1 import health_pb2
+
+        not_serving_at: float | None = None
+        first_serving_at: float | None = None
+        statuses: Counter[str] = Counter()
+        while True:
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as exc:
+                status = f"error {exc.code().name}"
+            now = time.monotonic()
+            statuses[status] += 1
+            if status != "SERVING":
+                if not_serving_at is None:
+                    not_serving_at = now
+            elif not_serving_at is not None:
+                return {
+                    "recovered": True,
+                    "saw_not_serving": True,
+                    "not_serving_after_s": round(not_serving_at - killed_at, 2),
+                    "recovery_s": round(now - killed_at, 2),
+                    "health_answers": dict(statuses),
+                }
+            elif first_serving_at is None:
+                first_serving_at = now
+            if not_serving_at is None and first_serving_at is not None and now - killed_at >= NOT_SERVING_WINDOW_S:
+                return {  # the health never dropped: SERVING straight away
+                    "recovered": True,
+                    "saw_not_serving": False,
+                    "not_serving_after_s": None,
+                    "recovery_s": round(first_serving_at - killed_at, 2),
+                    "health_answers": dict(statuses),
+                }
+            if now - killed_at >= RECOVERY_CAP_S or stop.is_set():
+                return {
+                    "recovered": False,
+                    "saw_not_serving": not_serving_at is not None,
+                    "not_serving_after_s": None if not_serving_at is None else round(not_serving_at - killed_at, 2),
+                    "recovery_s": None,
+                    "health_answers": dict(statuses),
+                }
+            await asyncio.sleep(HEALTH_POLL_S)
+
+    @staticmethod
+    def describe(k: dict[str, Any], total: int) -> str:
+        head = f"kill {k['n']}/{total} at {k['t_s']:.0f} s: {k['kind']} pid {k['pid']}"
+        if "note" in k:
+            return f"{head}: {k['note']}"
+        if not k["recovered"]:
+            return f"{head}: NOT SERVING again within {RECOVERY_CAP_S:.0f} s; health answers {k['health_answers']}"
+        drop = (f"NOT_SERVING after {k['not_serving_after_s']:.1f} s" if k["saw_not_serving"]
+                else "health never left SERVING")  # fmt: skip
+        return f"{head}: {drop}, SERVING after {k['recovery_s']:.1f} s; restarts metric {k['restarts_metric']}"
+
+    def summary(self, up: SupervisedUp, up_exit_code: int | None, triton_log: Path | None) -> dict[str, Any]:
+        recovered = [k for k in self.kills if k.get("recovered")]
+        return {
+            "every_s": self.every_s,
+            "kills_planned": len(self.kill_times()),
+            "kills": self.kills,
+            "recovery_s": _summary_s([k["recovery_s"] for k in recovered]),
+            "recovery_s_by_kind": {
+                kind: _summary_s([k["recovery_s"] for k in recovered if k["kind"] == kind])
+                for kind in ("triton", "stub")
+            },
+            "not_recovered": sum(1 for k in self.kills if k.get("recovered") is False),
+            "restarts_metric": self.restarts_metric,
+            "up_log_lines": up.log_counts(),
+            "up_log": str(up.log_path),
+            "triton_log": str(triton_log) if triton_log else None,
+            "up_exit_code": up_exit_code,
+        }
+
+
+def print_chaos(chaos: dict[str, Any]) -> None:
+    print(f"\nchaos: a kill every {chaos['every_s']:.0f} s, {len(chaos['kills'])} of {chaos['kills_planned']} done")
+    print(
+        f"{'#':>3} {'t(s)':>6} {'kind':<7} {'pid':>8} {'NOT_SERVING after s':>20} {'SERVING after s':>16} {'restarts':>9}"
+    )
+    for k in chaos["kills"]:
+        drop = "-" if k.get("not_serving_after_s") is None else f"{k['not_serving_after_s']:.2f}"
+        back = "-" if k.get("recovery_s") is None else f"{k['recovery_s']:.2f}"
+        restarts = "-" if k.get("restarts_metric") is None else f"{k['restarts_metric']:.0f}"
+        print(f"{k['n']:>3} {k['t_s']:>6.0f} {k['kind']:<7} {k['pid']!s:>8} {drop:>20} {back:>16} {restarts:>9}"
+              + (f"  {k['note']}" if "note" in k else ""))  # fmt: skip
+    r = chaos["recovery_s"]
+    by_kind = "; ".join(
+        f"{kind} median {v['median']} s, max {v['max']} s" for kind, v in chaos["recovery_s_by_kind"].items()
+    )
+    print(f"recovery: median {r['median']} s, max {r['max']} s ({by_kind}); not recovered: {chaos['not_recovered']}")
+    print(f"sentiment_triton_restarts_total {chaos['restarts_metric']}; up's log: {chaos['up_log_lines']}; "
+          f"up exit code {chaos['up_exit_code']}\nlogs: {chaos['up_log']}, {chaos['triton_log']}")  # fmt: skip
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -272,6 +608,7 @@ class Load:
 class Soak:
     args: argparse.Namespace
     roles: Roles
+    chaos: Chaos | None = None
     stats: Stats = field(default_factory=Stats)
     samples: list[dict[str, Any]] = field(default_factory=list)
     started: float = 0.0
@@ -304,11 +641,11 @@ class Soak:
         if len(self.samples) == 1:
             print(
                 f"{'t(s)':>6} {'phase':<7} {'calls':>8} {'err':>4} {'p50ms':>7} {'p99ms':>7}  "
-                + "  ".join(f"{name + ' MB/fds/thr':>26}" for name in self.roles.groups()),
+                + "  ".join(f"{name + ' MB/fds/thr':>26}" for name in row["processes"]),
                 flush=True,
             )
         cells = []
-        for name in self.roles.groups():
+        for name in row["processes"]:
             p = row["processes"].get(name)
             cells.append(f"{'-':>26}" if p is None else f"{p['rss_kb'] / 1024:>14.1f}/{p['fds']:>5}/{p['threads']:>4}")
         p50 = "-" if row["p50_ms"] is None else f"{row['p50_ms']:.1f}"
@@ -347,6 +684,7 @@ class Soak:
         self.sample("start")
         done = asyncio.Event()
         sampler = asyncio.create_task(self.sampler(done))
+        chaos = None if self.chaos is None else asyncio.create_task(self.chaos.run(self.started, target, done, stop))
         load = Load(target, texts, self.stats, self.args.timeout_s, self.args.seed)
         outcomes = await load.run(self.args.concurrency, self.args.streams, self.args.duration_s, stop)
         for outcome in outcomes:
@@ -355,6 +693,11 @@ class Soak:
         done.set()
         await sampler
         self.sample("end")
+        if chaos is not None:  # a recovery still being timed finishes (60 s at most); no new kill
+            try:
+                await chaos
+            except Exception:
+                log.exception("the chaos task failed")
         # The load's channel is closed: after a moment the front-end should be back to its idle fds.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 3.0)
@@ -467,19 +810,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--triton-pid", type=int, help="with --target: sample this Triton process (and its stubs)")
     p.add_argument("--full-size", action="store_true", help="a DistilBERT-base-sized model instead of a tiny one")
     p.add_argument("--torch-threads", type=int, default=1, help="intra-op threads per Triton instance (1)")
-    p.add_argument("--serve-arg", action="append", default=[], help="extra flag for `serve` (repeatable)")
+    p.add_argument(
+        "--serve-arg", action="append", default=[], help="extra flag for `serve` (chaos: for `up`; repeatable)"
+    )
     p.add_argument(
         "--triton-env",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="environment variable for Triton and its stubs, e.g. MALLOC_ARENA_MAX=2 (repeatable)",
+        help="environment variable for Triton and its stubs, e.g. MALLOC_ARENA_MAX=2 (repeatable;\n"
+        "chaos: set for `up`, which passes it on to Triton)",
     )
     p.add_argument("--interval-s", type=float, default=10.0, help="sampling interval (10)")
     p.add_argument("--warmup-s", type=float, help="default: min(60, 10%% of the duration)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="deadline of one call (30)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.relative_to(ROOT)})")
+    p.add_argument(
+        "--chaos-every-s",
+        type=float,
+        default=0.0,
+        help="chaos mode: run `sentiment-server up` and SIGKILL its tritonserver and a stub, alternately,\n"
+        "every this many seconds from the end of the warm-up (0 = off, the default)",
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        help=f"JSON results (default {RESULTS.relative_to(ROOT)}; chaos: {CHAOS_RESULTS.relative_to(ROOT)})",
+    )
     args = p.parse_args(argv)
     if not 0 <= args.streams < args.concurrency:
         p.error("--streams must be at least 0 and less than --concurrency")
@@ -491,8 +848,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--triton-env takes NAME=VALUE")
     if args.triton_env and args.target:
         p.error("--triton-env goes with a Triton started here (no --target)")
+    if args.chaos_every_s < 0:
+        p.error("--chaos-every-s must not be negative")
+    if args.chaos_every_s and args.target:
+        p.error("--chaos-every-s starts its own `sentiment-server up` (no --target)")
     if args.warmup_s is None:
         args.warmup_s = min(60.0, 0.1 * args.duration_s)
+    if args.output is None:
+        args.output = CHAOS_RESULTS if args.chaos_every_s else RESULTS
     return args
 
 
@@ -503,12 +866,33 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     front_log: Path | None = None
     front_code: int | None = None
+    front_process: subprocess.Popen[str] | None = None
+    up: SupervisedUp | None = None
+    chaos: Chaos | None = None
     try:
         with contextlib.ExitStack() as stack:
             if args.target:
                 target = args.target
                 roles = Roles(args.frontend_pid, args.triton_pid)
                 texts = corpus_texts(None)
+            elif args.chaos_every_s:
+                from sentiment_server.model_artifact import TOKENIZER_FILE, version_dir
+
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sentiment-soak-")))
+                repository = build_repository(tmp, args.full_size, args.torch_threads)
+                log_dir = Path(tempfile.mkdtemp(prefix="sentiment-chaos-logs-"))  # kept: read it when calls fail
+                triton_env = dict(item.split("=", 1) for item in args.triton_env)
+                up = supervised = SupervisedUp(repository, log_dir, args.serve_arg, env=triton_env)
+                stack.callback(up.stop)
+                # First on the way out, before up stops: a clean stop deletes Triton's log directory.
+                stack.callback(lambda: supervised.keep_triton_log(log_dir))
+                front_process = up.process
+                target = up.target
+                roles = Roles(up.process.pid, supervised=True)
+                front_log = up.log_path
+                chaos = Chaos(args.chaos_every_s, args.warmup_s, args.duration_s, up.process.pid, up.metrics)
+                texts = corpus_texts(version_dir(repository, MODEL_NAME) / TOKENIZER_FILE)
+                log.info("up pid %s on %s; logs in %s", up.process.pid, target, log_dir)
             else:
                 from procs import Processes
                 from sentiment_server.model_artifact import TOKENIZER_FILE, version_dir
@@ -525,6 +909,7 @@ def main(argv: list[str] | None = None) -> int:
                 target = front.target
                 roles = Roles(front.process.pid, procs.triton.pid)
                 front_log = front.log_path
+                front_process = front.process
                 texts = corpus_texts(version_dir(repository, MODEL_NAME) / TOKENIZER_FILE)
                 # Stopped in this order on the way out: front-end first, then Triton (Processes.close).
                 stack.callback(lambda: log.info("stopping the front-end (pid %s) and Triton", front.process.pid))
@@ -537,12 +922,14 @@ def main(argv: list[str] | None = None) -> int:
                 args.interval_s,
                 args.warmup_s,
             )
-            soak = Soak(args, roles)
+            soak = Soak(args, roles, chaos)
             load_avg_before = os.getloadavg()
             interrupted = asyncio.run(soak.run(target, texts))
             load_avg_after = os.getloadavg()
-        if not args.target:
-            front_code = front.process.returncode
+            if chaos is not None:
+                chaos.restarts_metric = chaos.restarts()
+        if front_process is not None:
+            front_code = front_process.returncode
     except KeyboardInterrupt:
         print("interrupted during set-up or shut-down; every process started here was stopped", file=sys.stderr)
         return 130
@@ -553,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = soak.samples[-2]["t_s"] if len(soak.samples) >= 2 else 0.0  # the "end" sample
     table = growth(soak.samples, args.warmup_s)
     print_growth(table, args.warmup_s)
+    if chaos is not None and table:
+        print("(chaos: the triton and triton-stubs rows span restarts: first and last are different processes)")
     log_warnings = []
     if front_log is not None and front_log.exists():
         log_warnings = [line for line in front_log.read_text(errors="replace").splitlines() if " WARNING " in line
@@ -579,6 +968,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(x, 2) for x in load_avg_before],
         "load_average_after": [round(x, 2) for x in load_avg_after],
     }
+    if chaos is not None and up is not None:
+        kept = up.log_path.parent / "tritonserver.log"
+        summary["chaos"] = chaos.summary(up, front_code, kept if kept.exists() else up.triton_log())
     idle, start = soak.samples[-1], soak.samples[0]
     for name in ("front-end", "triton"):
         a, b = start["processes"].get(name), idle["processes"].get(name)
@@ -592,7 +984,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in stats.first_errors:
         print("  " + line)
-    if stats.errors:
+    if "chaos" in summary:
+        print_chaos(summary["chaos"])
+    if stats.errors or summary.get("chaos", {}).get("not_recovered"):
         return 1
     return 130 if interrupted else 0
 
