@@ -72,12 +72,15 @@ class TritonSupervisor:
                 stubs |= alive
                 if not dead:
                     continue
-                log.error(
-                    "tritonserver pid %s lost its stub process(es) %s: killing it", self._triton.pid, sorted(dead)
-                )
-                self._triton.kill()
+                await asyncio.sleep(self._poll_s)  # stubs also exit when Triton dies: was it Triton?
                 code = self._triton.returncode
-                assert code is not None
+                if code is None:
+                    log.error(
+                        "tritonserver pid %s lost its stub process(es) %s: killing it", self._triton.pid, sorted(dead)
+                    )
+                    self._triton.kill()
+                    code = self._triton.returncode
+                    assert code is not None
             stubs = set()
             now = time.monotonic()
             crashes.append(now)
