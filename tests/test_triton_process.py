@@ -139,6 +139,9 @@ def test_the_environment_is_explicit(repository: Path, monkeypatch: pytest.Monke
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert "PYTHONHOME" not in env
     assert any(p.endswith("nvidia_pytriton.libs") for p in env["LD_LIBRARY_PATH"].split(os.pathsep))
+    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"  # keeps the stubs' memory flat
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    assert triton.environment(find_distribution())["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"  # the operator's wins
 
 
 def test_a_backend_the_wheel_lacks_is_refused_before_starting(checkpoint: Path, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 _READY_POLL_S = 0.2
 
+ONEDNN_PRIMITIVE_CACHE_CAPACITY = "8"
 _SHM_PREFIX = "sentiment-"  # the Python backend's /dev/shm regions of every embedded Triton start with it
 
 # The group reaper: a tiny process that holds a pipe from the launcher and, once
@@ -254,6 +255,10 @@ class EmbeddedTriton:
         libs = [str(p) for p in dist.libs]
         previous = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p not in libs]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, *previous])
+        # oneDNN keeps a compiled primitive per input shape, and the model sees a new shape with
+        # almost every batch: with its default capacity the stubs' memory keeps growing
+        # (bench/results/soak*.json). A small cache keeps it flat; an operator's own value wins.
+        env.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_PRIMITIVE_CACHE_CAPACITY)
         env.update(self.extra_env)
         return env
 
