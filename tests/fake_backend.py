@@ -83,20 +83,26 @@ class FakeBackend:
         self.closed = True
 
 
+def fake_info(
+    labels: tuple[str, ...] = LABELS, problem_type: str = SINGLE_LABEL, max_length: int = 128, **fields: Any
+) -> ModelInfo:
+    """A model's description; `fields` override the other ModelInfo fields."""
+    values: dict[str, Any] = {
+        "model_name": "sentiment",
+        "source": "fake",
+        "pad_token_id": 0,
+        "backend": "fake",
+        "dtype": "fp32",
+        "fingerprint": "fake",
+        **fields,
+    }
+    return ModelInfo(labels=list(labels), problem_type=problem_type, max_length=max_length, **values)
+
+
 def fake_model(
     labels: tuple[str, ...] = LABELS, problem_type: str = SINGLE_LABEL, max_length: int = 128
 ) -> ServedModel:
-    info = ModelInfo(
-        model_name="sentiment",
-        source="fake",
-        labels=list(labels),
-        problem_type=problem_type,
-        max_length=max_length,
-        pad_token_id=0,
-        backend="fake",
-        dtype="fp32",
-        fingerprint="fake",
-    )
+    info = fake_info(labels, problem_type, max_length)
     return ServedModel(info, TextTokenizer(bundled_tokenizer_file(), max_length, pad_token_id=0))
 
 

@@ -12,13 +12,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from fake_backend import InProcessServer, fake_logits, fake_model, health_statuses
+from fake_backend import InProcessServer, fake_info, fake_logits, fake_model, health_statuses
 from grpc_health.v1 import health_pb2
 from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 from sentiment_client import SentimentClient, SentimentError
 from sentiment_server.core.inference import ServedModel
-from sentiment_server.model_artifact import INFO_FILE, MULTI_LABEL, SINGLE_LABEL, TOKENIZER_FILE, ModelInfo
+from sentiment_server.model_artifact import INFO_FILE, MULTI_LABEL, SINGLE_LABEL, TOKENIZER_FILE
 from sentiment_server.tooling.checkpoints import bundled_tokenizer_file
 
 SEED = json.loads((Path(__file__).resolve().parents[1] / "data" / "seed_pipeline.json").read_text())
@@ -51,15 +51,13 @@ def _exported(repository: Path, name: str, labels: tuple[str, ...], problem_type
     """A model version directory as `export` leaves it, minus the weights: model_info.json and tokenizer.json."""
     version = repository / name / "1"
     version.mkdir(parents=True)
-    info = ModelInfo(
+    info = fake_info(
+        labels,
+        problem_type,
+        MODEL_MAX_LENGTH,
         model_name=name,
         source=f"checkpoints/{name}",
-        labels=list(labels),
-        problem_type=problem_type,
-        max_length=MODEL_MAX_LENGTH,
-        pad_token_id=0,
         backend="python",
-        dtype="fp32",
         fingerprint="0" * 64,
     )
     (version / INFO_FILE).write_text(info.to_json())
