@@ -57,7 +57,6 @@ class TritonSupervisor:
         self._policy = policy
         self._poll_s = poll_s
         self._first_stubs = triton.stub_pids()
-        self.restarts = 0
 
     async def run(self, on_restart: Callable[[], None] = lambda: None) -> None:
         """Watch until cancelled; raises TritonGaveUp once the crash budget is spent."""
@@ -81,7 +80,6 @@ class TritonSupervisor:
                     self._triton.kill()
                     code = self._triton.returncode
                     assert code is not None
-            stubs = set()
             now = time.monotonic()
             crashes.append(now)
             while crashes[0] < now - self._policy.window_s:
@@ -104,7 +102,6 @@ class TritonSupervisor:
             )
             await asyncio.sleep(backoff)
             self._triton.restart()
-            self.restarts += 1
             on_restart()
             stubs = await self._stubs_once_ready()
 
