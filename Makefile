@@ -35,8 +35,9 @@ bench: bootstrap
 bench-quick: bootstrap
 	$(BIN)/python bench/run.py --quick
 
+# make soak SOAK_ARGS="--full-size --duration-s 1800 --warmup-s 300"
 soak: bootstrap
-	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache

@@ -11,7 +11,11 @@ The load: `--concurrency` callers in a closed loop over one channel (all but
 `--streams` of them unary Classify calls with 1-8 mixed texts and varied
 options, now and then a Tokenize; the others ClassifyStream calls of 50
 messages each, one message in flight), plus one caller that opens a fresh
-channel for every call (connection churn, twice a second).
+channel for every call (connection churn, twice a second). `--cancel-fraction`
+(5 %) of the unary calls are cancelled by their caller at a random moment in
+flight, and as many streams right after writing a random message; those count
+as cancelled, not failed. `--client python`: the unary calls go through the
+project's AsyncSentimentClient (default retries) instead of a bare stub.
 
 Every `--interval-s` (10 s) it samples the front-end's, Triton's and Triton's
 Python backend stubs' RSS (/proc/PID/status VmRSS), open file descriptors
@@ -19,7 +23,8 @@ Python backend stubs' RSS (/proc/PID/status VmRSS), open file descriptors
 After the warm-up (default: the first 60 s or 10 % of the run, whichever is
 shorter) it reports the growth of RSS and fds (first sample after the warm-up
 vs the last, and a least-squares slope per minute), prints it as a table and
-writes bench/results/soak.json. Exit code 1 when any call failed (130 when
+writes bench/results/soak.json, and a chart of the samples next to it (bench/soak_plot.py:
+soak.png). Exit code 1 when any call failed (130 when
 interrupted without failures).
 
 Chaos mode (`--chaos-every-s S`, without --target): one supervised
@@ -70,6 +75,7 @@ from typing import Any
 import grpc
 import numpy as np
 from procs import HOST, SENTIMENT_SERVER, FrontEnd, children, free_port
+from soak_plot import plot
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "soak.json"
@@ -215,6 +221,7 @@ class Stats:
     texts: int = 0
     stopping: bool = False  # set on Ctrl-C/SIGTERM: calls cut short then are not failures
     after_stop: Counter[str] = field(default_factory=Counter)
+    cancelled: Counter[str] = field(default_factory=Counter)  # cancelled by their caller on purpose
 
     def ok(self, kind: str, seconds: float, texts: int) -> None:
         self.calls += 1
@@ -242,7 +249,20 @@ def percentile_ms(values: list[float], q: float) -> float | None:
 
 
 class Load:
-    def __init__(self, target: str, texts: list[str], stats: Stats, timeout_s: float, seed: int = 0) -> None:
+    """The callers. `cancel_fraction` of unary calls are cancelled at a random moment in flight, and as
+    many streams are cancelled with a message in flight; `python_client`: unary calls go through the
+    project's `AsyncSentimentClient` (its default retries) instead of a bare stub."""
+
+    def __init__(
+        self,
+        target: str,
+        texts: list[str],
+        stats: Stats,
+        timeout_s: float,
+        seed: int = 0,
+        cancel_fraction: float = 0.0,
+        python_client: bool = False,
+    ) -> None:
         from sentiment.v1 import sentiment_pb2 as pb
 
         self.pb = pb
@@ -251,6 +271,8 @@ class Load:
         self.stats = stats
         self.timeout_s = timeout_s
         self.rng = random.Random(seed)
+        self.cancel_fraction = cancel_fraction
+        self.python_client = python_client
 
     def _classify_request(self) -> Any:
         pb = self.pb
@@ -262,32 +284,64 @@ class Load:
             truncation=pb.TruncationOptions(max_length=self.rng.choice((0, 0, 0, 64))),
         )
 
-    async def unary_caller(self, stub: Any, until: float, stop: asyncio.Event) -> None:
-        pb = self.pb
+    async def _unary(self, stub: Any, client: Any, request: Any, tokenize: bool) -> None:
+        """One call through the bare stub or the project's client; raises what either raises."""
+        if client is not None:
+            if tokenize:
+                await client.tokenize(list(request.texts), timeout=self.timeout_s)
+                return
+            result = await client.classify(list(request.texts), top_k=request.top_k,
+                                           return_logits=request.return_logits,
+                                           max_length=request.truncation.max_length,
+                                           timeout=self.timeout_s)  # fmt: skip
+            if len(result.results) != len(request.texts):
+                raise AssertionError("one result per text")
+        elif tokenize:
+            await stub.Tokenize(self.pb.TokenizeRequest(texts=request.texts), timeout=self.timeout_s)
+        else:
+            response = await stub.Classify(request, timeout=self.timeout_s)
+            if len(response.results) != len(request.texts):
+                raise AssertionError("one result per text")
+
+    async def unary_caller(self, stub: Any, client: Any, until: float, stop: asyncio.Event) -> None:
+        from sentiment_client import SentimentError
+
         while time.monotonic() < until and not stop.is_set():
             tokenize = self.rng.random() < 0.05
             request = self._classify_request()
             kind = "Tokenize" if tokenize else "Classify"
+            cancel_after_s = self.rng.uniform(0.0, 0.05) if self.rng.random() < self.cancel_fraction else None
             started = time.monotonic()
+            call = asyncio.ensure_future(self._unary(stub, client, request, tokenize))
             try:
-                if tokenize:
-                    await stub.Tokenize(pb.TokenizeRequest(texts=request.texts), timeout=self.timeout_s)
-                else:
-                    response = await stub.Classify(request, timeout=self.timeout_s)
-                    if len(response.results) != len(request.texts):
-                        raise AssertionError("one result per text")
+                done, _ = await asyncio.wait({call}, timeout=cancel_after_s)
+                if not done:  # cancelled by its caller while in flight: the server must cope, not count it
+                    call.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, SentimentError):
+                        await call
+                    self.stats.cancelled[kind] += 1
+                    continue
+                call.result()
                 self.stats.ok(kind, time.monotonic() - started, len(request.texts))
             except grpc.aio.AioRpcError as exc:
                 self.stats.failed(kind, exc.code().name, exc.details() or "")
                 await asyncio.sleep(0.05)  # a failing server is no reason to spin
+            except SentimentError as exc:
+                self.stats.failed(kind, exc.code.name, exc.message)
+                await asyncio.sleep(0.05)
             except AssertionError as exc:
                 self.stats.failed(kind, "BAD_RESPONSE", str(exc))
 
     async def stream_caller(self, stub: Any, until: float, stop: asyncio.Event) -> None:
-        """Streams of STREAM_MESSAGES messages, one in flight; each message's round trip is one call."""
+        """Streams of STREAM_MESSAGES messages, one in flight; each message's round trip is one call.
+
+        `cancel_fraction` of the streams are cancelled right after writing a random message, unanswered.
+        """
         pb = self.pb
         while time.monotonic() < until and not stop.is_set():
             call = stub.ClassifyStream(timeout=max(self.timeout_s, 5 * 60))
+            cancel_at = self.rng.randrange(STREAM_MESSAGES) if self.rng.random() < self.cancel_fraction else None
+            cancelled = False
             try:
                 for i in range(STREAM_MESSAGES):
                     if time.monotonic() >= until or stop.is_set():
@@ -295,11 +349,18 @@ class Load:
                     request = self._classify_request()
                     started = time.monotonic()
                     await call.write(pb.ClassifyStreamRequest(request=request, correlation_id=str(i)))
+                    if i == cancel_at:
+                        cancelled = True
+                        break
                     response = await asyncio.wait_for(call.read(), self.timeout_s)
                     if response is grpc.aio.EOF or response.correlation_id != str(i):
                         self.stats.failed("ClassifyStream", "BAD_RESPONSE", f"message {i}: {response!r}"[:200])
                         break
                     self.stats.ok("ClassifyStream", time.monotonic() - started, len(request.texts))
+                if cancelled:
+                    call.cancel()
+                    self.stats.cancelled["ClassifyStream"] += 1
+                    continue
                 await call.done_writing()
                 if await call.read() is not grpc.aio.EOF:
                     self.stats.failed("ClassifyStream", "BAD_RESPONSE", "a response after the last message")
@@ -331,12 +392,18 @@ class Load:
 
     async def run(self, concurrency: int, streams: int, duration_s: float, stop: asyncio.Event) -> list[Any]:
         from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
+        from sentiment_client import AsyncSentimentClient, ClientOptions
 
         until = time.monotonic() + duration_s
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with contextlib.AsyncExitStack() as stack:
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(self.target))
             stub = pb_grpc.SentimentServiceStub(channel)  # type: ignore[no-untyped-call]
+            client = None
+            if self.python_client:
+                options = ClientOptions(target=self.target, timeout_s=self.timeout_s)
+                client = await stack.enter_async_context(AsyncSentimentClient(options=options))
             callers = [self.stream_caller(stub, until, stop) for _ in range(streams)]
-            callers += [self.unary_caller(stub, until, stop) for _ in range(concurrency - streams)]
+            callers += [self.unary_caller(stub, client, until, stop) for _ in range(concurrency - streams)]
             callers.append(self.churn_caller(until, stop))
             return await asyncio.gather(*callers, return_exceptions=True)
 
@@ -685,7 +752,8 @@ class Soak:
         done = asyncio.Event()
         sampler = asyncio.create_task(self.sampler(done))
         chaos = None if self.chaos is None else asyncio.create_task(self.chaos.run(self.started, target, done, stop))
-        load = Load(target, texts, self.stats, self.args.timeout_s, self.args.seed)
+        load = Load(target, texts, self.stats, self.args.timeout_s, self.args.seed, self.args.cancel_fraction,
+                    self.args.client == "python")  # fmt: skip
         outcomes = await load.run(self.args.concurrency, self.args.streams, self.args.duration_s, stop)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -826,6 +894,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout-s", type=float, default=30.0, help="deadline of one call (30)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--cancel-fraction",
+        type=float,
+        default=0.05,
+        help="share of unary calls cancelled in flight, and of streams cancelled mid-way (0.05)",
+    )
+    p.add_argument(
+        "--client",
+        choices=("grpc", "python"),
+        default="grpc",
+        help="unary calls through a bare grpc stub (no retries: every UNAVAILABLE counts) or through the\n"
+        "project's AsyncSentimentClient with its default retries (grpc)",
+    )
+    p.add_argument(
         "--chaos-every-s",
         type=float,
         default=0.0,
@@ -848,6 +929,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--triton-env takes NAME=VALUE")
     if args.triton_env and args.target:
         p.error("--triton-env goes with a Triton started here (no --target)")
+    if not 0 <= args.cancel_fraction < 1:
+        p.error("--cancel-fraction must be in [0, 1)")
     if args.chaos_every_s < 0:
         p.error("--chaos-every-s must not be negative")
     if args.chaos_every_s and args.target:
@@ -960,6 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_ms": round(max(stats.all_s) * 1000, 1) if stats.all_s else None,
         "by_code": dict(stats.by_code),
         "by_kind": dict(stats.by_kind),
+        "cancelled_by_caller": dict(stats.cancelled),
         "cut_short_by_interrupt": dict(stats.after_stop),
         "first_errors": stats.first_errors,
         "growth": table,
@@ -976,11 +1060,14 @@ def main(argv: list[str] | None = None) -> int:
         a, b = start["processes"].get(name), idle["processes"].get(name)
         if a and b:
             summary[f"{name}_fds_idle_vs_start"] = [a["fds"], b["fds"]]
-    write_json(args.output, {"config": config, "cpus": os.cpu_count(), "summary": summary, "samples": soak.samples})
+    results = {"config": config, "cpus": os.cpu_count(), "summary": summary, "samples": soak.samples}
+    write_json(args.output, results)
+    chart = plot(results, args.output.with_suffix(".png"))
     print(
         f"\n{stats.calls} calls ({summary['calls_per_s']}/s, {stats.texts} texts), {stats.errors} errors "
         f"{dict(stats.by_code)}; p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; "
-        f"front-end exit code {front_code}; {len(log_warnings)} warning lines in its log\nwrote {args.output}"
+        f"front-end exit code {front_code}; {len(log_warnings)} warning lines in its log\n"
+        f"wrote {args.output} and {chart}"
     )
     for line in stats.first_errors:
         print("  " + line)
