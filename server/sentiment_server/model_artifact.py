@@ -5,7 +5,7 @@ the version directory; they travel with `model.pt` so the tokenizer and labels
 can never drift from the weights.
 
     <repository>/<model_name>/config.pbtxt
-    <repository>/<model_name>/<version>/model.pt          TorchScript: (input_ids, attention_mask) -> logits
+    <repository>/<model_name>/<version>/model.pt          TorchScript: (input_ids, attention_mask[, token_type_ids]) -> logits
     <repository>/<model_name>/<version>/model.py          Python backend only
     <repository>/<model_name>/<version>/tokenizer.json    the checkpoint's own fast tokenizer
     <repository>/<model_name>/<version>/model_info.json   ModelInfo below
@@ -19,6 +19,8 @@ from pathlib import Path
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"  # segment ids: only models whose tokenizer produces them take them
+BASE_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 # The libtorch backend maps outputs by the `<name>__<index>` convention; the
 # Python backend accepts any name. One name for both keeps the front-end blind
 # to the backend.
@@ -67,6 +69,11 @@ class ModelInfo:
     demo: bool = False  # random weights built locally: labels mean nothing
     version: str = "1"
     extra: dict[str, str] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=lambda: list(BASE_INPUTS))  # model.pt's forward() arguments
+
+    @property
+    def takes_token_type_ids(self) -> bool:
+        return TOKEN_TYPE_IDS in self.inputs
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentiment/v1/sentiment.proto\x12\x0csentiment.v1\"[\n\x11TruncationOptions\x12\x32\n\x08strategy\x18\x01 \x01(\x0e\x32 .sentiment.v1.TruncationStrategy\x12\x12\n\nmax_length\x18\x02 \x01(\r\"{\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x15\n\rreturn_logits\x18\x03 \x01(\x08\x12\x33\n\ntruncation\x18\x04 \x01(\x0b\x32\x1f.sentiment.v1.TruncationOptions\"<\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08label_id\x18\x03 \x01(\r\"\x8f\x01\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\x06scores\x18\x03 \x03(\x0b\x32\x18.sentiment.v1.LabelScore\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x12\n\nnum_tokens\x18\x05 \x01(\r\x12\x11\n\ttruncated\x18\x06 \x01(\x08\"X\n\x07Timings\x12\x13\n\x0btokenize_us\x18\x01 \x01(\x04\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x14\n\x0cinference_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\"\xa8\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.sentiment.v1.Classification\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.sentiment.v1.Timings\"_\n\x15\x43lassifyStreamRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.sentiment.v1.ClassifyRequest\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\"b\n\x16\x43lassifyStreamResponse\x12\x30\n\x08response\x18\x01 \x01(\x0b\x32\x1e.sentiment.v1.ClassifyResponse\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\"b\n\x0fTokenizeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x33\n\ntruncation\x18\x02 \x01(\x0b\x32\x1f.sentiment.v1.TruncationOptions\x12\x0b\n\x03pad\x18\x03 \x01(\x08\"]\n\rTokenizedText\x12\x11\n\tinput_ids\x18\x01 \x03(\x03\x12\x16\n\x0e\x61ttention_mask\x18\x02 \x03(\x03\x12\x0e\n\x06tokens\x18\x03 \x03(\t\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"T\n\x10TokenizeResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.sentiment.v1.TokenizedText\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xe8\x01\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11source_checkpoint\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x1b\n\x13max_sequence_length\x18\x05 \x01(\r\x12/\n\x0cproblem_type\x18\x06 \x01(\x0e\x32\x19.sentiment.v1.ProblemType\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0c\n\x04\x64\x65mo\x18\t \x01(\x08*{\n\x12TruncationStrategy\x12#\n\x1fTRUNCATION_STRATEGY_UNSPECIFIED\x10\x00\x12 \n\x1cTRUNCATION_STRATEGY_TRUNCATE\x10\x01\x12\x1e\n\x1aTRUNCATION_STRATEGY_REJECT\x10\x02*\x86\x01\n\x0bProblemType\x12\x1c\n\x18PROBLEM_TYPE_UNSPECIFIED\x10\x00\x12,\n(PROBLEM_TYPE_SINGLE_LABEL_CLASSIFICATION\x10\x01\x12+\n\'PROBLEM_TYPE_MULTI_LABEL_CLASSIFICATION\x10\x02\x32\xe0\x02\n\x10SentimentService\x12I\n\x08\x43lassify\x12\x1d.sentiment.v1.ClassifyRequest\x1a\x1e.sentiment.v1.ClassifyResponse\x12_\n\x0e\x43lassifyStream\x12#.sentiment.v1.ClassifyStreamRequest\x1a$.sentiment.v1.ClassifyStreamResponse(\x01\x30\x01\x12I\n\x08Tokenize\x12\x1d.sentiment.v1.TokenizeRequest\x1a\x1e.sentiment.v1.TokenizeResponse\x12U\n\x0cGetModelInfo\x12!.sentiment.v1.GetModelInfoRequest\x1a\".sentiment.v1.GetModelInfoResponseB[\n\x0f\x61i.sentiment.v1P\x01ZFgithub.com/sentiment-serving/sentiment/gen/go/sentiment/v1;sentimentv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentiment/v1/sentiment.proto\x12\x0csentiment.v1\"\xb1\x01\n\x11TruncationOptions\x12\x32\n\x08strategy\x18\x01 \x01(\x0e\x32 .sentiment.v1.TruncationStrategy\x12\x12\n\nmax_length\x18\x02 \x01(\r\x12\x13\n\x06stride\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x34\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32\x1f.sentiment.v1.WindowAggregationB\t\n\x07_stride\"+\n\x08TextPair\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttext_pair\x18\x02 \x01(\t\"\xba\x01\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x15\n\rreturn_logits\x18\x03 \x01(\x08\x12\x33\n\ntruncation\x18\x04 \x01(\x0b\x32\x1f.sentiment.v1.TruncationOptions\x12%\n\x05pairs\x18\x05 \x03(\x0b\x32\x16.sentiment.v1.TextPair\x12\x16\n\x0ereturn_windows\x18\x06 \x01(\x08\"<\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08label_id\x18\x03 \x01(\r\"\xd1\x01\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\x06scores\x18\x03 \x03(\x0b\x32\x18.sentiment.v1.LabelScore\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x12\n\nnum_tokens\x18\x05 \x01(\r\x12\x11\n\ttruncated\x18\x06 \x01(\x08\x12\x13\n\x0bnum_windows\x18\x07 \x01(\r\x12+\n\x07windows\x18\x08 \x03(\x0b\x32\x1a.sentiment.v1.WindowResult\"t\n\x0cWindowResult\x12(\n\x06scores\x18\x01 \x03(\x0b\x32\x18.sentiment.v1.LabelScore\x12\x13\n\x0bstart_token\x18\x02 \x01(\r\x12\x11\n\tend_token\x18\x03 \x01(\r\x12\x12\n\nnum_tokens\x18\x04 \x01(\r\"X\n\x07Timings\x12\x13\n\x0btokenize_us\x18\x01 \x01(\x04\x12\x10\n\x08queue_us\x18\x02 \x01(\x04\x12\x14\n\x0cinference_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\"\xa8\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.sentiment.v1.Classification\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.sentiment.v1.Timings\"_\n\x15\x43lassifyStreamRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.sentiment.v1.ClassifyRequest\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\"b\n\x16\x43lassifyStreamResponse\x12\x30\n\x08response\x18\x01 \x01(\x0b\x32\x1e.sentiment.v1.ClassifyResponse\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\"\x89\x01\n\x0fTokenizeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x33\n\ntruncation\x18\x02 \x01(\x0b\x32\x1f.sentiment.v1.TruncationOptions\x12\x0b\n\x03pad\x18\x03 \x01(\x08\x12%\n\x05pairs\x18\x04 \x03(\x0b\x32\x16.sentiment.v1.TextPair\"\xa7\x01\n\rTokenizedText\x12\x11\n\tinput_ids\x18\x01 \x03(\x03\x12\x16\n\x0e\x61ttention_mask\x18\x02 \x03(\x03\x12\x0e\n\x06tokens\x18\x03 \x03(\t\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x16\n\x0etoken_type_ids\x18\x05 \x03(\x03\x12\x30\n\x0boverflowing\x18\x06 \x03(\x0b\x32\x1b.sentiment.v1.TokenizedText\"T\n\x10TokenizeResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.sentiment.v1.TokenizedText\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xf8\x01\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11source_checkpoint\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x1b\n\x13max_sequence_length\x18\x05 \x01(\r\x12/\n\x0cproblem_type\x18\x06 \x01(\x0e\x32\x19.sentiment.v1.ProblemType\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0c\n\x04\x64\x65mo\x18\t \x01(\x08\x12\x0e\n\x06inputs\x18\n \x03(\t*\x9b\x01\n\x12TruncationStrategy\x12#\n\x1fTRUNCATION_STRATEGY_UNSPECIFIED\x10\x00\x12 \n\x1cTRUNCATION_STRATEGY_TRUNCATE\x10\x01\x12\x1e\n\x1aTRUNCATION_STRATEGY_REJECT\x10\x02\x12\x1e\n\x1aTRUNCATION_STRATEGY_WINDOW\x10\x03*\x94\x01\n\x11WindowAggregation\x12\"\n\x1eWINDOW_AGGREGATION_UNSPECIFIED\x10\x00\x12\x1b\n\x17WINDOW_AGGREGATION_MEAN\x10\x01\x12\"\n\x1eWINDOW_AGGREGATION_MEAN_LOGITS\x10\x02\x12\x1a\n\x16WINDOW_AGGREGATION_MAX\x10\x03*\x86\x01\n\x0bProblemType\x12\x1c\n\x18PROBLEM_TYPE_UNSPECIFIED\x10\x00\x12,\n(PROBLEM_TYPE_SINGLE_LABEL_CLASSIFICATION\x10\x01\x12+\n\'PROBLEM_TYPE_MULTI_LABEL_CLASSIFICATION\x10\x02\x32\xe0\x02\n\x10SentimentService\x12I\n\x08\x43lassify\x12\x1d.sentiment.v1.ClassifyRequest\x1a\x1e.sentiment.v1.ClassifyResponse\x12_\n\x0e\x43lassifyStream\x12#.sentiment.v1.ClassifyStreamRequest\x1a$.sentiment.v1.ClassifyStreamResponse(\x01\x30\x01\x12I\n\x08Tokenize\x12\x1d.sentiment.v1.TokenizeRequest\x1a\x1e.sentiment.v1.TokenizeResponse\x12U\n\x0cGetModelInfo\x12!.sentiment.v1.GetModelInfoRequest\x1a\".sentiment.v1.GetModelInfoResponseB[\n\x0f\x61i.sentiment.v1P\x01ZFgithub.com/sentiment-serving/sentiment/gen/go/sentiment/v1;sentimentv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,36 +32,42 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sentiment.v1.sentiment_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017ai.sentiment.v1P\001ZFgithub.com/sentiment-serving/sentiment/gen/go/sentiment/v1;sentimentv1'
-  _globals['_TRUNCATIONSTRATEGY']._serialized_start=1469
-  _globals['_TRUNCATIONSTRATEGY']._serialized_end=1592
-  _globals['_PROBLEMTYPE']._serialized_start=1595
-  _globals['_PROBLEMTYPE']._serialized_end=1729
-  _globals['_TRUNCATIONOPTIONS']._serialized_start=46
-  _globals['_TRUNCATIONOPTIONS']._serialized_end=137
-  _globals['_CLASSIFYREQUEST']._serialized_start=139
-  _globals['_CLASSIFYREQUEST']._serialized_end=262
-  _globals['_LABELSCORE']._serialized_start=264
-  _globals['_LABELSCORE']._serialized_end=324
-  _globals['_CLASSIFICATION']._serialized_start=327
-  _globals['_CLASSIFICATION']._serialized_end=470
-  _globals['_TIMINGS']._serialized_start=472
-  _globals['_TIMINGS']._serialized_end=560
-  _globals['_CLASSIFYRESPONSE']._serialized_start=563
-  _globals['_CLASSIFYRESPONSE']._serialized_end=731
-  _globals['_CLASSIFYSTREAMREQUEST']._serialized_start=733
-  _globals['_CLASSIFYSTREAMREQUEST']._serialized_end=828
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=830
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=928
-  _globals['_TOKENIZEREQUEST']._serialized_start=930
-  _globals['_TOKENIZEREQUEST']._serialized_end=1028
-  _globals['_TOKENIZEDTEXT']._serialized_start=1030
-  _globals['_TOKENIZEDTEXT']._serialized_end=1123
-  _globals['_TOKENIZERESPONSE']._serialized_start=1125
-  _globals['_TOKENIZERESPONSE']._serialized_end=1209
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1211
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1232
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1235
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1467
-  _globals['_SENTIMENTSERVICE']._serialized_start=1732
-  _globals['_SENTIMENTSERVICE']._serialized_end=2084
+  _globals['_TRUNCATIONSTRATEGY']._serialized_start=1981
+  _globals['_TRUNCATIONSTRATEGY']._serialized_end=2136
+  _globals['_WINDOWAGGREGATION']._serialized_start=2139
+  _globals['_WINDOWAGGREGATION']._serialized_end=2287
+  _globals['_PROBLEMTYPE']._serialized_start=2290
+  _globals['_PROBLEMTYPE']._serialized_end=2424
+  _globals['_TRUNCATIONOPTIONS']._serialized_start=47
+  _globals['_TRUNCATIONOPTIONS']._serialized_end=224
+  _globals['_TEXTPAIR']._serialized_start=226
+  _globals['_TEXTPAIR']._serialized_end=269
+  _globals['_CLASSIFYREQUEST']._serialized_start=272
+  _globals['_CLASSIFYREQUEST']._serialized_end=458
+  _globals['_LABELSCORE']._serialized_start=460
+  _globals['_LABELSCORE']._serialized_end=520
+  _globals['_CLASSIFICATION']._serialized_start=523
+  _globals['_CLASSIFICATION']._serialized_end=732
+  _globals['_WINDOWRESULT']._serialized_start=734
+  _globals['_WINDOWRESULT']._serialized_end=850
+  _globals['_TIMINGS']._serialized_start=852
+  _globals['_TIMINGS']._serialized_end=940
+  _globals['_CLASSIFYRESPONSE']._serialized_start=943
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1111
+  _globals['_CLASSIFYSTREAMREQUEST']._serialized_start=1113
+  _globals['_CLASSIFYSTREAMREQUEST']._serialized_end=1208
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=1210
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=1308
+  _globals['_TOKENIZEREQUEST']._serialized_start=1311
+  _globals['_TOKENIZEREQUEST']._serialized_end=1448
+  _globals['_TOKENIZEDTEXT']._serialized_start=1451
+  _globals['_TOKENIZEDTEXT']._serialized_end=1618
+  _globals['_TOKENIZERESPONSE']._serialized_start=1620
+  _globals['_TOKENIZERESPONSE']._serialized_end=1704
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1706
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1727
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1730
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1978
+  _globals['_SENTIMENTSERVICE']._serialized_start=2427
+  _globals['_SENTIMENTSERVICE']._serialized_end=2779
 # @@protoc_insertion_point(module_scope)

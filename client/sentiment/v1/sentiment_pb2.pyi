@@ -12,6 +12,14 @@ class TruncationStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRUNCATION_STRATEGY_UNSPECIFIED: _ClassVar[TruncationStrategy]
     TRUNCATION_STRATEGY_TRUNCATE: _ClassVar[TruncationStrategy]
     TRUNCATION_STRATEGY_REJECT: _ClassVar[TruncationStrategy]
+    TRUNCATION_STRATEGY_WINDOW: _ClassVar[TruncationStrategy]
+
+class WindowAggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WINDOW_AGGREGATION_UNSPECIFIED: _ClassVar[WindowAggregation]
+    WINDOW_AGGREGATION_MEAN: _ClassVar[WindowAggregation]
+    WINDOW_AGGREGATION_MEAN_LOGITS: _ClassVar[WindowAggregation]
+    WINDOW_AGGREGATION_MAX: _ClassVar[WindowAggregation]
 
 class ProblemType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -21,29 +29,50 @@ class ProblemType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 TRUNCATION_STRATEGY_UNSPECIFIED: TruncationStrategy
 TRUNCATION_STRATEGY_TRUNCATE: TruncationStrategy
 TRUNCATION_STRATEGY_REJECT: TruncationStrategy
+TRUNCATION_STRATEGY_WINDOW: TruncationStrategy
+WINDOW_AGGREGATION_UNSPECIFIED: WindowAggregation
+WINDOW_AGGREGATION_MEAN: WindowAggregation
+WINDOW_AGGREGATION_MEAN_LOGITS: WindowAggregation
+WINDOW_AGGREGATION_MAX: WindowAggregation
 PROBLEM_TYPE_UNSPECIFIED: ProblemType
 PROBLEM_TYPE_SINGLE_LABEL_CLASSIFICATION: ProblemType
 PROBLEM_TYPE_MULTI_LABEL_CLASSIFICATION: ProblemType
 
 class TruncationOptions(_message.Message):
-    __slots__ = ("strategy", "max_length")
+    __slots__ = ("strategy", "max_length", "stride", "aggregation")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     strategy: TruncationStrategy
     max_length: int
-    def __init__(self, strategy: _Optional[_Union[TruncationStrategy, str]] = ..., max_length: _Optional[int] = ...) -> None: ...
+    stride: int
+    aggregation: WindowAggregation
+    def __init__(self, strategy: _Optional[_Union[TruncationStrategy, str]] = ..., max_length: _Optional[int] = ..., stride: _Optional[int] = ..., aggregation: _Optional[_Union[WindowAggregation, str]] = ...) -> None: ...
+
+class TextPair(_message.Message):
+    __slots__ = ("text", "text_pair")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_PAIR_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    text_pair: str
+    def __init__(self, text: _Optional[str] = ..., text_pair: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("texts", "top_k", "return_logits", "truncation")
+    __slots__ = ("texts", "top_k", "return_logits", "truncation", "pairs", "return_windows")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
     return_logits: bool
     truncation: TruncationOptions
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., return_logits: _Optional[bool] = ..., truncation: _Optional[_Union[TruncationOptions, _Mapping]] = ...) -> None: ...
+    pairs: _containers.RepeatedCompositeFieldContainer[TextPair]
+    return_windows: bool
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., return_logits: _Optional[bool] = ..., truncation: _Optional[_Union[TruncationOptions, _Mapping]] = ..., pairs: _Optional[_Iterable[_Union[TextPair, _Mapping]]] = ..., return_windows: _Optional[bool] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score", "label_id")
@@ -56,20 +85,36 @@ class LabelScore(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., label_id: _Optional[int] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("label", "score", "scores", "logits", "num_tokens", "truncated")
+    __slots__ = ("label", "score", "scores", "logits", "num_tokens", "truncated", "num_windows", "windows")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    NUM_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
     label: str
     score: float
     scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
     logits: _containers.RepeatedScalarFieldContainer[float]
     num_tokens: int
     truncated: bool
-    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    num_windows: int
+    windows: _containers.RepeatedCompositeFieldContainer[WindowResult]
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., num_tokens: _Optional[int] = ..., truncated: _Optional[bool] = ..., num_windows: _Optional[int] = ..., windows: _Optional[_Iterable[_Union[WindowResult, _Mapping]]] = ...) -> None: ...
+
+class WindowResult(_message.Message):
+    __slots__ = ("scores", "start_token", "end_token", "num_tokens")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    START_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    END_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    start_token: int
+    end_token: int
+    num_tokens: int
+    def __init__(self, scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., start_token: _Optional[int] = ..., end_token: _Optional[int] = ..., num_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("tokenize_us", "queue_us", "inference_us", "total_us")
@@ -114,26 +159,32 @@ class ClassifyStreamResponse(_message.Message):
     def __init__(self, response: _Optional[_Union[ClassifyResponse, _Mapping]] = ..., correlation_id: _Optional[str] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
-    __slots__ = ("texts", "truncation", "pad")
+    __slots__ = ("texts", "truncation", "pad", "pairs")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     PAD_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     truncation: TruncationOptions
     pad: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., truncation: _Optional[_Union[TruncationOptions, _Mapping]] = ..., pad: _Optional[bool] = ...) -> None: ...
+    pairs: _containers.RepeatedCompositeFieldContainer[TextPair]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., truncation: _Optional[_Union[TruncationOptions, _Mapping]] = ..., pad: _Optional[bool] = ..., pairs: _Optional[_Iterable[_Union[TextPair, _Mapping]]] = ...) -> None: ...
 
 class TokenizedText(_message.Message):
-    __slots__ = ("input_ids", "attention_mask", "tokens", "truncated")
+    __slots__ = ("input_ids", "attention_mask", "tokens", "truncated", "token_type_ids", "overflowing")
     INPUT_IDS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TYPE_IDS_FIELD_NUMBER: _ClassVar[int]
+    OVERFLOWING_FIELD_NUMBER: _ClassVar[int]
     input_ids: _containers.RepeatedScalarFieldContainer[int]
     attention_mask: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[str]
     truncated: bool
-    def __init__(self, input_ids: _Optional[_Iterable[int]] = ..., attention_mask: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    token_type_ids: _containers.RepeatedScalarFieldContainer[int]
+    overflowing: _containers.RepeatedCompositeFieldContainer[TokenizedText]
+    def __init__(self, input_ids: _Optional[_Iterable[int]] = ..., attention_mask: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., token_type_ids: _Optional[_Iterable[int]] = ..., overflowing: _Optional[_Iterable[_Union[TokenizedText, _Mapping]]] = ...) -> None: ...
 
 class TokenizeResponse(_message.Message):
     __slots__ = ("results", "request_id")
@@ -148,7 +199,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "source_checkpoint", "labels", "max_sequence_length", "problem_type", "backend", "dtype", "demo")
+    __slots__ = ("model_name", "model_version", "source_checkpoint", "labels", "max_sequence_length", "problem_type", "backend", "dtype", "demo", "inputs")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +209,7 @@ class GetModelInfoResponse(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DEMO_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     source_checkpoint: str
@@ -167,4 +219,5 @@ class GetModelInfoResponse(_message.Message):
     backend: str
     dtype: str
     demo: bool
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., source_checkpoint: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., problem_type: _Optional[_Union[ProblemType, str]] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., demo: _Optional[bool] = ...) -> None: ...
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., source_checkpoint: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., problem_type: _Optional[_Union[ProblemType, str]] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., demo: _Optional[bool] = ..., inputs: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -27,8 +27,13 @@ class InferenceBackend(Protocol):
         """Independent servers behind it: the coalescer keeps batches in flight on each."""
         ...
 
-    async def infer(self, input_ids: IdArray, attention_mask: IdArray, deadline: float) -> Logits:
-        """Logits [batch, labels]; `deadline` is a time.monotonic() instant. Raises `errors.ServiceError`s."""
+    async def infer(
+        self, input_ids: IdArray, attention_mask: IdArray, deadline: float, token_type_ids: IdArray | None = None
+    ) -> Logits:
+        """Logits [batch, labels]; `deadline` is a time.monotonic() instant. Raises `errors.ServiceError`s.
+
+        `token_type_ids` (same shape as input_ids) only for a model that takes them (`ModelInfo.inputs`).
+        """
         ...
 
     async def refresh(self, timeout_s: float) -> bool:
