@@ -5,7 +5,7 @@ the version directory; they travel with `model.pt` so the tokenizer and labels
 can never drift from the weights.
 
     <repository>/<model_name>/config.pbtxt
-    <repository>/<model_name>/<version>/model.pt          TorchScript: (input_ids, attention_mask[, token_type_ids]) -> logits
+    <repository>/<model_name>/<version>/model.pt          TorchScript: (input_ids, attention_mask[, token_type_ids])
     <repository>/<model_name>/<version>/model.py          Python backend only
     <repository>/<model_name>/<version>/tokenizer.json    the checkpoint's own fast tokenizer
     <repository>/<model_name>/<version>/model_info.json   ModelInfo below
