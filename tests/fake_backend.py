@@ -21,7 +21,7 @@ import numpy as np
 from sentiment_server.core.inference import Logits, ServedModel
 from sentiment_server.core.tokenization import IdArray, TextTokenizer
 from sentiment_server.errors import DeadlineExceeded
-from sentiment_server.model_artifact import SINGLE_LABEL, ModelInfo
+from sentiment_server.model_artifact import BASE_INPUTS, SINGLE_LABEL, ModelInfo
 from sentiment_server.settings import ServeSettings
 from sentiment_server.tooling.checkpoints import bundled_tokenizer_file
 from sentiment_server.transport.server import FrontEnd, create_server
@@ -29,10 +29,11 @@ from sentiment_server.transport.server import FrontEnd, create_server
 LABELS = ("NEGATIVE", "POSITIVE")
 
 
-def fake_logits(ids: IdArray, mask: IdArray, num_labels: int) -> Logits:
-    """Row i, label j: a number from the row's real ids only, in [-5, 5]."""
+def fake_logits(ids: IdArray, mask: IdArray, num_labels: int, type_ids: IdArray | None = None) -> Logits:
+    """Row i, label j: a number from the row's real ids (and segment ids, when given) only, in [-5, 5]."""
     weights = np.arange(1, num_labels + 1, dtype=np.int64)
-    sums = (ids * mask).sum(axis=1, keepdims=True) * weights
+    real = ids * mask if type_ids is None else (ids + 7 * type_ids) * mask
+    sums = real.sum(axis=1, keepdims=True) * weights
     logits: Logits = ((sums % 101) / 10.0 - 5.0).astype(np.float32)
     return logits
 
@@ -51,6 +52,7 @@ class FakeBackend:
         self.delay_s = 0.0
         self.ready = True
         self.batches: list[tuple[int, int]] = []  # shapes of the batches sent
+        self.segment_batches = 0  # batches that carried token_type_ids
         self.closed = False
         self._open = threading.Event()
         self._open.set()
@@ -64,8 +66,13 @@ class FakeBackend:
         finally:
             self._open.set()
 
-    async def infer(self, input_ids: IdArray, attention_mask: IdArray, deadline: float) -> Logits:
+    async def infer(
+        self, input_ids: IdArray, attention_mask: IdArray, deadline: float, token_type_ids: IdArray | None = None
+    ) -> Logits:
         self.batches.append((input_ids.shape[0], input_ids.shape[1]))
+        if token_type_ids is not None:
+            assert token_type_ids.shape == input_ids.shape
+            self.segment_batches += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         while not self._open.is_set():  # as Triton's client does, a stalled call ends at its deadline
@@ -74,7 +81,7 @@ class FakeBackend:
             await asyncio.sleep(0.002)
         if self.error is not None:
             raise self.error
-        return fake_logits(input_ids, attention_mask, self.num_labels)
+        return fake_logits(input_ids, attention_mask, self.num_labels, token_type_ids)
 
     async def refresh(self, timeout_s: float) -> bool:
         return self.ready
@@ -100,10 +107,15 @@ def fake_info(
 
 
 def fake_model(
-    labels: tuple[str, ...] = LABELS, problem_type: str = SINGLE_LABEL, max_length: int = 128
+    labels: tuple[str, ...] = LABELS,
+    problem_type: str = SINGLE_LABEL,
+    max_length: int = 128,
+    inputs: tuple[str, ...] = BASE_INPUTS,
 ) -> ServedModel:
-    info = fake_info(labels, problem_type, max_length)
-    return ServedModel(info, TextTokenizer(bundled_tokenizer_file(), max_length, pad_token_id=0))
+    """`inputs`: add TOKEN_TYPE_IDS for a model that takes segment ids (a BERT)."""
+    info = fake_info(labels, problem_type, max_length, inputs=list(inputs))
+    tokenizer = TextTokenizer(bundled_tokenizer_file(), max_length, 0, info.takes_token_type_ids)
+    return ServedModel(info, tokenizer)
 
 
 class InProcessServer:

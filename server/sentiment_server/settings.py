@@ -77,7 +77,9 @@ class ServeSettings(ModelSettings):
     result_cache_entries: int = _opt(0, "texts whose logits are kept to answer repeats without Triton (0 = off)")
     # Admission and per-request limits, checked before tokenizing.
     max_texts_per_request: int = _opt(256, "most texts in one request")
-    max_chars_per_text: int = _opt(20_000, "most characters in one text")
+    max_chars_per_text: int = _opt(100_000, "most characters in one text (or one side of a pair)")
+    max_windows_per_text: int = _opt(64, "most windows one text may need with truncation strategy WINDOW")
+    max_windows_per_request: int = _opt(512, "most windows one request may need with truncation strategy WINDOW")
     max_message_bytes: int = _opt(4 * 1024 * 1024, "largest request message")
     max_inflight_requests: int = _opt(512, "requests admitted at once; more get RESOURCE_EXHAUSTED")
     max_inflight_texts: int = _opt(8192, "texts admitted at once; more get RESOURCE_EXHAUSTED")

@@ -313,7 +313,7 @@ texts_strategy = st.one_of(
     st.lists(any_text.filter(str.strip), min_size=1, max_size=8),
     st.lists(any_text, max_size=8),
 )
-strategies = st.one_of(st.sampled_from([0, 1, 2]), st.sampled_from([0, 1, 2, 3, 99]))
+strategies = st.one_of(st.sampled_from([0, 1, 2, 3]), st.sampled_from([0, 1, 2, 3, 4, 99]))
 max_lengths = st.one_of(st.sampled_from([0, 3, 16, 512]), st.sampled_from([0, 1, 2, 3, 16, 512, 513, 100_000]))
 
 
@@ -322,7 +322,7 @@ def _expected_invalid(texts: list[str], strategy: int, max_length: int) -> bool:
     return (
         not texts
         or any(not t.strip() for t in texts)
-        or strategy not in (0, 1, 2)
+        or strategy not in (0, 1, 2, 3)
         or max_length > MODEL_MAX_LENGTH
         or 0 < max_length <= SPECIAL_TOKENS
     )
@@ -362,7 +362,8 @@ def test_any_request_is_answered_or_refused_cleanly(
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
         return
     if code != grpc.StatusCode.OK:
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and strategy == 2 and "REJECT" in details, (code, details)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+        assert (strategy == 2 and "REJECT" in details) or (strategy == 3 and "windows" in details), details
         return
     assert isinstance(response, pb.ClassifyResponse)
     limit = max_length or MODEL_MAX_LENGTH
@@ -376,11 +377,13 @@ def test_any_request_is_answered_or_refused_cleanly(
         assert {s.label for s in result.scores} <= set(LABELS)
         if len(scores) == len(LABELS):
             assert math.isclose(sum(scores), 1.0, abs_tol=1e-5)
-        assert SPECIAL_TOKENS <= result.num_tokens <= limit
+        assert SPECIAL_TOKENS <= result.num_tokens <= limit * result.num_windows
         assert not result.truncated or result.num_tokens == limit
+        assert result.num_windows == 1 or (strategy == 3 and not result.truncated)
         assert not (result.truncated and strategy == 2)
         assert len(result.logits) == (len(LABELS) if return_logits else 0)
-        if return_logits:  # the scores are the softmax of the logits
+        if return_logits and result.num_windows == 1:  # the scores are the softmax of the logits
+            # (several windows, MEAN: the mean of the windows' probabilities, not the softmax of the mean logits)
             top = max(result.logits)
             total = sum(math.exp(x - top) for x in result.logits)
             for s in result.scores:

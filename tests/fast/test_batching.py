@@ -18,7 +18,7 @@ class RecordingInfer:
         self.delay = delay
         self.fail = fail
 
-    async def __call__(self, ids, mask, deadline):
+    async def __call__(self, ids, mask, deadline, type_ids=None):
         self.calls.append(ids.shape)
         await asyncio.sleep(self.delay)
         if self.fail:
@@ -119,7 +119,7 @@ async def test_a_batch_whose_callers_all_left_cancels_its_triton_call():
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
-    async def slow_infer(ids, mask, deadline):
+    async def slow_infer(ids, mask, deadline, type_ids=None):
         started.set()
         try:
             await asyncio.sleep(10)
@@ -291,7 +291,7 @@ async def test_a_returning_batch_hands_its_slot_to_the_next_one():
     """At full load the next batch is sent before the returning batch's callers are answered."""
     order: list[str] = []
 
-    async def infer(ids, mask, deadline):
+    async def infer(ids, mask, deadline, type_ids=None):
         order.append(f"sent {ids.shape[0]}")
         await asyncio.sleep(0.05)
         return np.zeros((ids.shape[0], 2), dtype=np.float32)
@@ -313,7 +313,7 @@ async def test_a_lone_callers_batch_runs_in_its_own_task_and_frees_the_slot_when
     tasks: list[asyncio.Task[object] | None] = []
     block = True
 
-    async def infer(ids, mask, deadline):
+    async def infer(ids, mask, deadline, type_ids=None):
         tasks.append(asyncio.current_task())
         if block:
             await asyncio.sleep(10)

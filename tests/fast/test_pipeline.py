@@ -26,7 +26,7 @@ class GatedCoalescer:
     def __init__(self) -> None:
         self.release = asyncio.Event()
 
-    async def submit(self, sequences, deadline):  # type: ignore[no-untyped-def]
+    async def submit(self, sequences, deadline, type_ids=None):  # type: ignore[no-untyped-def]
         await self.release.wait()
 
         class Submitted:

@@ -7,12 +7,11 @@ import urllib.request
 import numpy as np
 from fake_backend import InProcessServer, fake_logits
 from sentiment_client import SentimentClient
-from sentiment_server.core.result_cache import ResultCache
-from sentiment_server.core.tokenization import IdArray
+from sentiment_server.core.result_cache import ResultCache, cache_key
 
 
-def ids(*values: int) -> IdArray:
-    return np.array(values, dtype=np.int64)
+def ids(*values: int) -> bytes:
+    return cache_key(np.array(values, dtype=np.int64), None)
 
 
 def test_holds_at_most_its_bound_and_drops_the_least_recently_used() -> None:
@@ -56,3 +55,9 @@ def test_a_repeated_text_is_answered_from_the_cache() -> None:
     assert "sentiment_result_cache_misses_total 3.0" in text
     assert "sentiment_result_cache_entries 3.0" in text
     assert sum(rows for rows, _ in batches) == 3  # the model saw each distinct text once
+
+
+def test_segment_ids_are_part_of_the_key() -> None:
+    same_ids = np.array([101, 7, 102, 8, 102], dtype=np.int64)
+    one_text, pair = np.zeros(5, dtype=np.int64), np.array([0, 0, 0, 1, 1], dtype=np.int64)
+    assert len({cache_key(same_ids, None), cache_key(same_ids, one_text), cache_key(same_ids, pair)}) == 3

@@ -34,7 +34,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 async def test_call_span_continues_the_callers_trace_and_reaches_triton(spans: InMemorySpanExporter):
     sent_to_triton: list[dict[str, str]] = []
 
-    async def infer(ids, mask, deadline):
+    async def infer(ids, mask, deadline, type_ids=None):
         sent_to_triton.append(tracing.current_headers())  # what TritonPool.infer sends as metadata
         return np.zeros((ids.shape[0], 2), dtype=np.float32)
 

@@ -41,9 +41,10 @@ from ..errors import DeadlineExceeded, ShuttingDown, TritonFailure
 from .batch_costs import FILL_TOKENS_PER_OVERHEAD, PLANNING_OVERHEAD_TOKENS
 from .batch_planning import BatchStats, plan_groups
 from .inference import Logits
-from .tokenization import IdArray, pad_batch
+from .tokenization import IdArray, pad_batch, pad_type_ids
 
-InferFn = Callable[[IdArray, IdArray, float], Coroutine[Any, Any, Logits]]  # (ids, mask, monotonic deadline)
+# (ids, mask, monotonic deadline, token_type_ids or None): InferenceBackend.infer
+InferFn = Callable[[IdArray, IdArray, float, IdArray | None], Coroutine[Any, Any, Logits]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class _Queued:
     """One text waiting for its batch; its caller awaits `future`: (logits row, queue s, Triton s)."""
 
     ids: IdArray
+    type_ids: IdArray | None  # segment ids, for a model that takes them
     deadline: float
     enqueued: float
     future: asyncio.Future[tuple[list[float], float, float]] = field(repr=False)
@@ -71,6 +73,11 @@ class _Batch:
     def __init__(self, texts: list[_Queued], pad_token_id: int) -> None:
         self.texts = texts
         self.input_ids, self.attention_mask = pad_batch([t.ids for t in texts], pad_token_id)
+        self.token_type_ids = (
+            None
+            if texts[0].type_ids is None
+            else pad_type_ids([t.type_ids for t in texts if t.type_ids is not None], self.input_ids.shape[1])
+        )
         self.deadline = max(t.deadline for t in texts)
         self.started = 0.0
 
@@ -149,13 +156,22 @@ class Coalescer:
             if not text.future.done():
                 text.future.set_exception(ShuttingDown("server is shutting down"))
 
-    async def submit(self, sequences: list[IdArray], deadline: float) -> SubmitResult:
-        """Queue the texts, wait for their rows. `deadline` is a time.monotonic() instant."""
+    async def submit(
+        self, sequences: list[IdArray], deadline: float, type_ids: list[IdArray] | None = None
+    ) -> SubmitResult:
+        """Queue the texts, wait for their rows. `deadline` is a time.monotonic() instant.
+
+        `type_ids`: each text's segment ids, for a model that takes them (then for every text).
+        """
         if self._runner is None or self._runner.done():
             raise ShuttingDown("server is shutting down")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        texts = [_Queued(ids, deadline, now, loop.create_future()) for ids in sequences]
+        segments: list[IdArray | None] = [None] * len(sequences) if type_ids is None else list(type_ids)
+        texts = [
+            _Queued(ids, types, deadline, now, loop.create_future())
+            for ids, types in zip(sequences, segments, strict=True)
+        ]
         idle = not self._in_flight and not self._queue and not self._slots.locked()
         self._queue.extend(texts)
         try:
@@ -294,7 +310,7 @@ class Coalescer:
         next_batch = None
         batch.started = time.monotonic()
         try:
-            logits = await self._infer(batch.input_ids, batch.attention_mask, batch.deadline)
+            logits = await self._infer(batch.input_ids, batch.attention_mask, batch.deadline, batch.token_type_ids)
             if logits.shape[0] != len(batch.texts):
                 raise TritonFailure(f"triton returned {logits.shape[0]} rows for {len(batch.texts)} texts")
             next_batch = self._next_on_slot()

@@ -54,4 +54,5 @@ class ServedModel:
     def load(cls, repository: Path, model_name: str) -> ServedModel:
         info = read_model_info(repository, model_name)
         tokenizer_json = version_dir(repository, model_name, info.version) / TOKENIZER_FILE
-        return cls(info, TextTokenizer(tokenizer_json, info.max_length, info.pad_token_id))
+        tokenizer = TextTokenizer(tokenizer_json, info.max_length, info.pad_token_id, info.takes_token_type_ids)
+        return cls(info, tokenizer)

@@ -6,8 +6,10 @@ from typing import Any
 
 from sentiment.v1 import sentiment_pb2 as pb
 
-from ..core.pipeline import ClassifyOutput, Truncation
-from ..core.tokenization import EncodedText
+from ..core.pipeline import ClassifyOptions, ClassifyOutput, Truncation, WindowResult
+from ..core.postprocess import RankedLabel
+from ..core.tokenization import EncodedText, Pair
+from ..core.windows import Aggregation
 from ..errors import InvalidInput
 from ..model_artifact import MULTI_LABEL, ModelInfo
 
@@ -15,21 +17,74 @@ _TRUNCATION = {
     pb.TRUNCATION_STRATEGY_UNSPECIFIED: Truncation.TRUNCATE,
     pb.TRUNCATION_STRATEGY_TRUNCATE: Truncation.TRUNCATE,
     pb.TRUNCATION_STRATEGY_REJECT: Truncation.REJECT,
+    pb.TRUNCATION_STRATEGY_WINDOW: Truncation.WINDOW,
+}
+_AGGREGATION = {
+    pb.WINDOW_AGGREGATION_UNSPECIFIED: Aggregation.MEAN,
+    pb.WINDOW_AGGREGATION_MEAN: Aggregation.MEAN,
+    pb.WINDOW_AGGREGATION_MEAN_LOGITS: Aggregation.MEAN_LOGITS,
+    pb.WINDOW_AGGREGATION_MAX: Aggregation.MAX,
 }
 
 
 def texts_in(request: Any) -> int:
-    """Texts a request carries, for admission (0 for requests without texts)."""
+    """Texts (or pairs) a request carries, for admission (0 for requests without texts)."""
     if isinstance(request, pb.ClassifyStreamRequest):
         request = request.request
-    return len(getattr(request, "texts", ()))
+    return len(getattr(request, "texts", ())) + len(getattr(request, "pairs", ()))
+
+
+def inputs(request: pb.ClassifyRequest | pb.TokenizeRequest) -> list[str] | list[Pair]:
+    """The request's texts, or its pairs as (text, text_pair)."""
+    if not request.pairs:
+        return list(request.texts)
+    if request.texts:
+        raise InvalidInput("set texts or pairs, not both")
+    return [(pair.text, pair.text_pair) for pair in request.pairs]
 
 
 def truncation(options: pb.TruncationOptions) -> Truncation:
     try:
-        return _TRUNCATION[options.strategy]
+        strategy = _TRUNCATION[options.strategy]
     except KeyError:
         raise InvalidInput(f"unknown truncation strategy {options.strategy}") from None
+    if strategy is not Truncation.WINDOW and (options.HasField("stride") or options.aggregation):
+        raise InvalidInput("stride and aggregation apply to truncation strategy WINDOW only")
+    return strategy
+
+
+def stride(options: pb.TruncationOptions) -> int | None:
+    return options.stride if options.HasField("stride") else None
+
+
+def classify_options(request: pb.ClassifyRequest) -> ClassifyOptions:
+    options = request.truncation
+    strategy = truncation(options)
+    try:
+        aggregation = _AGGREGATION[options.aggregation]
+    except KeyError:
+        raise InvalidInput(f"unknown window aggregation {options.aggregation}") from None
+    if request.return_windows and strategy is not Truncation.WINDOW:
+        raise InvalidInput("return_windows applies to truncation strategy WINDOW only")
+    return ClassifyOptions(
+        top_k=request.top_k,
+        return_logits=request.return_logits,
+        max_length=options.max_length,
+        truncation=strategy,
+        stride=stride(options),
+        aggregation=aggregation,
+        return_windows=request.return_windows,
+    )
+
+
+def _label_scores(labels: list[RankedLabel]) -> list[pb.LabelScore]:
+    return [pb.LabelScore(label=x.label, score=x.score, label_id=x.label_id) for x in labels]
+
+
+def _window(w: WindowResult) -> pb.WindowResult:
+    return pb.WindowResult(
+        scores=_label_scores(w.labels), start_token=w.start_token, end_token=w.end_token, num_tokens=w.num_tokens
+    )
 
 
 def classify_response(output: ClassifyOutput, rid: str, model_name: str, model_version: str) -> pb.ClassifyResponse:
@@ -39,10 +94,12 @@ def classify_response(output: ClassifyOutput, rid: str, model_name: str, model_v
             pb.Classification(
                 label=r.labels[0].label,
                 score=r.labels[0].score,
-                scores=[pb.LabelScore(label=x.label, score=x.score, label_id=x.label_id) for x in r.labels],
+                scores=_label_scores(r.labels),
                 logits=r.logits,
                 num_tokens=r.num_tokens,
                 truncated=r.truncated,
+                num_windows=r.num_windows,
+                windows=[_window(w) for w in r.windows],
             )
             for r in output.results
         ],
@@ -59,20 +116,26 @@ def classify_response(output: ClassifyOutput, rid: str, model_name: str, model_v
 
 
 def tokenize_response(encoded: list[EncodedText], pad: bool, pad_id: int, rid: str) -> pb.TokenizeResponse:
-    length = max(len(e.ids) for e in encoded) if pad else 0
+    """`pad`: every text (and window) padded to the longest of them."""
+    length = max(len(w.ids) for e in encoded for w in e.windows) if pad else 0
     results = []
     for e in encoded:
-        ids = [int(i) for i in e.ids]
-        padding = max(0, length - len(ids))
-        results.append(
-            pb.TokenizedText(
-                input_ids=ids + [pad_id] * padding,
-                attention_mask=[1] * len(ids) + [0] * padding,
-                tokens=list(e.tokens),
-                truncated=e.truncated,
-            )
-        )
+        first, *rest = (_tokenized(w, length, pad_id) for w in e.windows)
+        first.overflowing.extend(rest)
+        results.append(first)
     return pb.TokenizeResponse(results=results, request_id=rid)
+
+
+def _tokenized(e: EncodedText, length: int, pad_id: int) -> pb.TokenizedText:
+    ids = e.ids.tolist()
+    padding = max(0, length - len(ids))
+    return pb.TokenizedText(
+        input_ids=ids + [pad_id] * padding,
+        attention_mask=[1] * len(ids) + [0] * padding,
+        tokens=list(e.tokens),
+        truncated=e.truncated,
+        token_type_ids=[] if e.type_ids is None else e.type_ids.tolist() + [0] * padding,
+    )
 
 
 def model_info_response(info: ModelInfo) -> pb.GetModelInfoResponse:
@@ -90,4 +153,5 @@ def model_info_response(info: ModelInfo) -> pb.GetModelInfoResponse:
         backend=info.backend,
         dtype=info.dtype,
         demo=info.demo,
+        inputs=info.inputs,
     )

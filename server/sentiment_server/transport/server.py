@@ -131,7 +131,12 @@ async def create_server(settings: ServeSettings, backend: InferenceBackend, mode
         model.info,
         model.tokenizer,
         coalescer,
-        Limits(settings.max_texts_per_request, settings.max_chars_per_text),
+        Limits(
+            settings.max_texts_per_request,
+            settings.max_chars_per_text,
+            settings.max_windows_per_text,
+            settings.max_windows_per_request,
+        ),
         cache,
     )
     servicer = SentimentServicer(

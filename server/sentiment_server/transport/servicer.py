@@ -19,7 +19,7 @@ from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 
 from .. import tracing
-from ..core.pipeline import ClassificationPipeline, ClassifyOptions, Timings
+from ..core.pipeline import ClassificationPipeline, Timings
 from ..errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -164,13 +164,8 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         await self._handle(method, context, None, fail)
 
     async def _classify(self, request: pb.ClassifyRequest, context: Context, rid: str) -> pb.ClassifyResponse:
-        texts = list(request.texts)
-        options = ClassifyOptions(
-            top_k=request.top_k,
-            return_logits=request.return_logits,
-            max_length=request.truncation.max_length,
-            truncation=messages.truncation(request.truncation),
-        )
+        texts = messages.inputs(request)
+        options = messages.classify_options(request)
         output = await self.pipeline.classify(texts, options, self.deadlines.deadline(context))
         asyncio.get_running_loop().call_soon(self._observe, output.timings, len(texts))
         return messages.classify_response(output, rid, self._model_name, self._model_version)
@@ -232,8 +227,9 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         async def work(request: pb.TokenizeRequest, rid: str) -> pb.TokenizeResponse:
+            options = request.truncation
             encoded = await self.pipeline.tokenize(
-                list(request.texts), request.truncation.max_length, messages.truncation(request.truncation)
+                messages.inputs(request), options.max_length, messages.truncation(options), messages.stride(options)
             )
             return messages.tokenize_response(encoded, request.pad, self.pipeline.tokenizer.pad_token_id, rid)
 
