@@ -19,6 +19,7 @@ def endpoint(url: str, *, ready: bool, output: str = "logits__0", fails: bool | 
     """`fails`: every call fails (True), or the first `fails` calls do."""
     e = TritonEndpoint(url, "m")  # the channel connects lazily: nothing is dialled here
     e.calls = 0  # type: ignore[attr-defined]
+    e.token_type_ids = []  # type: ignore[attr-defined]  # what each call was given
 
     async def is_model_ready(timeout_s: float) -> bool:
         e.ready = ready
@@ -27,8 +28,9 @@ def endpoint(url: str, *, ready: bool, output: str = "logits__0", fails: bool | 
     async def check_model(info: ModelInfo, timeout_s: float = 10.0) -> str:
         return output
 
-    async def infer(output_name, ids, mask, timeout_s, headers=None):
+    async def infer(output_name, ids, mask, timeout_s, headers=None, token_type_ids=None):
         e.calls += 1  # type: ignore[attr-defined]
+        e.token_type_ids.append(token_type_ids)  # type: ignore[attr-defined]
         if fails is True or e.calls <= fails:  # type: ignore[attr-defined]
             e.ready = False
             raise BackendUnavailable("down")
@@ -134,4 +136,17 @@ async def test_repeated_data_path_failures_keep_an_endpoint_unready_until_a_prob
     assert await pool.refresh(1.0)  # the probe works: ready again
     assert probes == [False, True] and not flaky.needs_probe
     assert await pool.refresh(1.0) and probes == [False, True]  # no more probes once it works
+    await pool.close()
+
+
+async def test_token_type_ids_reach_the_endpoint_only_when_given():
+    e = endpoint("a:1", ready=True)
+    pool = TritonPool([e])
+    await pool.refresh(1.0)
+    await pool.check_model(INFO)
+    ids, mask = batch()
+    types = np.array([[0, 0, 1], [0, 1, 1]], dtype=np.int64)
+    await pool.infer(ids, mask, time.monotonic() + 5)
+    await pool.infer(ids, mask, time.monotonic() + 5, token_type_ids=types)
+    assert e.token_type_ids[0] is None and e.token_type_ids[1] is types  # type: ignore[attr-defined]
     await pool.close()

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..errors import BackendUnavailable, DeadlineExceeded, ModelMismatch, TritonFailure
-from ..model_artifact import ATTENTION_MASK, INPUT_IDS, ModelInfo
+from ..model_artifact import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, ModelInfo
 from .triton_errors import describe, rpc_error
 from .triton_stream import InferStream
 
@@ -77,6 +77,7 @@ class TritonEndpoint:
     # Set after repeated data-path failures: the endpoint counts as ready again only once an inference works.
     needs_probe: bool = False
     _failures: int = field(default=0, init=False, repr=False)  # consecutive failed batches
+    _token_type_ids: bool = field(default=False, init=False, repr=False)  # the checked model takes them (probe)
     _last_cause_logged: float = field(default=float("-inf"), init=False, repr=False)
     _channel: grpc.aio.Channel = field(init=False, repr=False)
     _stub: Any = field(init=False, repr=False)
@@ -110,11 +111,17 @@ class TritonEndpoint:
         except grpc.aio.AioRpcError as exc:
             raise rpc_error(exc) from exc
         inputs = {t.name: t for t in meta.inputs}
-        for name in (INPUT_IDS, ATTENTION_MASK):
+        for name in info.inputs:
             if name not in inputs:
                 raise ModelMismatch(f"{self.url}: model {self.model_name!r} has no input {name!r}: {sorted(inputs)}")
             if inputs[name].datatype != "INT64":
                 raise ModelMismatch(f"{self.url}: input {name!r} is {inputs[name].datatype}, expected INT64")
+        unknown = sorted(set(inputs) - set(info.inputs))
+        if unknown:  # Triton would refuse every request without them
+            raise ModelMismatch(
+                f"{self.url}: model {self.model_name!r} takes inputs {unknown} that the exported model "
+                f"(inputs {info.inputs}) does not"
+            )
         if len(meta.outputs) != 1:
             raise ModelMismatch(f"{self.url}: expected one output (logits), found {len(meta.outputs)}")
         out = meta.outputs[0]
@@ -124,13 +131,21 @@ class TritonEndpoint:
                 f"{self.url}: output {out.name!r} is {out.datatype}{dims}, "
                 f"expected FP32 with {len(info.labels)} labels ({', '.join(info.labels)})"
             )
+        self._token_type_ids = info.takes_token_type_ids
         return str(out.name)
 
     def _request(
-        self, output_name: str, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
+        self,
+        output_name: str,
+        input_ids: npt.NDArray[np.int64],
+        attention_mask: npt.NDArray[np.int64],
+        token_type_ids: npt.NDArray[np.int64] | None = None,
     ) -> Any:
         request = service_pb2.ModelInferRequest(model_name=self.model_name, model_version=self.model_version)
-        for name, array in ((INPUT_IDS, input_ids), (ATTENTION_MASK, attention_mask)):
+        arrays = [(INPUT_IDS, input_ids), (ATTENTION_MASK, attention_mask)]
+        if token_type_ids is not None:
+            arrays.append((TOKEN_TYPE_IDS, token_type_ids))
+        for name, array in arrays:
             request.inputs.add(name=name, datatype="INT64", shape=array.shape)
             request.raw_input_contents.append(np.ascontiguousarray(array, dtype=np.int64).tobytes())
         request.outputs.add(name=output_name)
@@ -143,12 +158,14 @@ class TritonEndpoint:
         attention_mask: npt.NDArray[np.int64],
         timeout_s: float,
         headers: Mapping[str, str] | None = None,
+        token_type_ids: npt.NDArray[np.int64] | None = None,
     ) -> npt.NDArray[np.float32]:
         """`headers` travel as gRPC metadata (the W3C trace context, when tracing): such a batch goes
-        as a unary call, since a message on a stream cannot carry metadata of its own."""
+        as a unary call, since a message on a stream cannot carry metadata of its own.
+        `token_type_ids` (shaped like input_ids) go as a third input, for a model that takes them."""
         if timeout_s <= 0:
             raise DeadlineExceeded("deadline exceeded before inference")
-        request = self._request(output_name, input_ids, attention_mask)
+        request = self._request(output_name, input_ids, attention_mask, token_type_ids)
         self.in_flight += 1
         try:
             if headers or not self.streams:
@@ -193,8 +210,9 @@ class TritonEndpoint:
     async def probe(self, output_name: str, timeout_s: float) -> bool:
         """One tiny inference on a unary call: does the data path work, whatever ModelReady says?"""
         ids = np.zeros((1, 1), dtype=np.int64)
+        request = self._request(output_name, ids, np.ones_like(ids), ids if self._token_type_ids else None)
         try:
-            await self._stub.ModelInfer(self._request(output_name, ids, np.ones_like(ids)), timeout=timeout_s)
+            await self._stub.ModelInfer(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             log.warning("triton endpoint %s: probe inference failed: %s", self.url, describe(exc))
             return False

@@ -97,9 +97,11 @@ class TritonPool:
         input_ids: npt.NDArray[np.int64],
         attention_mask: npt.NDArray[np.int64],
         deadline: float,
+        token_type_ids: npt.NDArray[np.int64] | None = None,
     ) -> npt.NDArray[np.float32]:
         """`deadline` is a time.monotonic() instant. Runs in the context of the batch's first caller, whose
-        trace context (when tracing) goes to Triton as W3C headers."""
+        trace context (when tracing) goes to Triton as W3C headers. `token_type_ids` only for a model
+        that takes them."""
         give_up = min(deadline, time.monotonic() + self.retry_s)
         tried: set[TritonEndpoint] = set()
         for attempt in itertools.count():
@@ -109,7 +111,12 @@ class TritonPool:
                     raise BackendUnavailable("model backend unavailable")
                 tried.add(endpoint)
                 return await endpoint.infer(
-                    self.output_name, input_ids, attention_mask, deadline - time.monotonic(), tracing.current_headers()
+                    self.output_name,
+                    input_ids,
+                    attention_mask,
+                    deadline - time.monotonic(),
+                    tracing.current_headers(),
+                    token_type_ids=token_type_ids,
                 )
             except BackendUnavailable:
                 # The first retry goes at once (another endpoint, or a fresh stream); later ones wait for Triton.
