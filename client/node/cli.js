@@ -3,6 +3,9 @@
 // Command-line client, like the Python `sentiment-client`:
 //
 //   node client/node/cli.js [--target HOST:PORT] classify [--json] [--top-k N] [--logits] TEXT...
+//   node client/node/cli.js classify --window [--stride N] [--aggregation mean|mean_logits|max]
+//                                    [--return-windows] TEXT...
+//   node client/node/cli.js classify TEXT --pair TEXT_PAIR [TEXT --pair TEXT_PAIR ...]   (one --pair per TEXT)
 //   node client/node/cli.js [--target HOST:PORT] info
 //   node client/node/cli.js [--target HOST:PORT] health [--service NAME]   (exit 0 if SERVING)
 //
@@ -15,7 +18,10 @@ const { SentimentClient } = require('./sentiment');
 
 const USAGE = `usage: cli.js [--target HOST:PORT] [--api-key KEY] [--timeout SECONDS]
               [--tls] [--ca-cert FILE] [--cert FILE] [--key FILE]
-              classify [--json] [--top-k N] [--logits] [--max-length N] TEXT... | info | health [--service NAME]`;
+              classify [--json] [--top-k N] [--logits] [--max-length N]
+                       [--window [--stride N] [--aggregation mean|mean_logits|max] [--return-windows]]
+                       [--pair TEXT_PAIR]... TEXT...
+              | info | health [--service NAME]`;
 
 const OPTIONS = {
   target: { type: 'string' },
@@ -29,6 +35,11 @@ const OPTIONS = {
   'top-k': { type: 'string', default: '0' },
   logits: { type: 'boolean', default: false },
   'max-length': { type: 'string', default: '0' },
+  window: { type: 'boolean', default: false },
+  stride: { type: 'string' },
+  aggregation: { type: 'string' },
+  'return-windows': { type: 'boolean', default: false },
+  pair: { type: 'string', multiple: true },
   service: { type: 'string', default: '' },
   help: { type: 'boolean', short: 'h' },
 };
@@ -46,24 +57,62 @@ function clientFrom(values) {
   });
 }
 
-function printTable(texts, response) {
-  const rows = [['TEXT', 'LABEL', 'SCORE']];
-  response.results.forEach((c, i) => rows.push([texts[i].slice(0, 40), c.label, c.score.toFixed(4)]));
+// One row per text; with --window its number of windows, with --return-windows a row per window below.
+function printTable(texts, pairs, response, window) {
+  const rows = [['TEXT', ...(pairs ? ['PAIR'] : []), 'LABEL', 'SCORE', ...(window ? ['WINDOWS'] : [])]];
+  response.results.forEach((c, i) => {
+    const pair = pairs ? [pairs[i][1].slice(0, 40)] : [];
+    const windows = window ? [String(c.num_windows)] : [];
+    rows.push([texts[i].slice(0, 40), ...pair, c.label, c.score.toFixed(4), ...windows]);
+    // Windows need --window, which pairs refuse: TEXT, LABEL, SCORE, WINDOWS line up.
+    for (const w of c.windows) {
+      rows.push([`  tokens ${w.start_token}-${w.end_token}`, w.scores[0].label, w.scores[0].score.toFixed(4), '']);
+    }
+  });
   const widths = rows[0].map((_, col) => Math.max(...rows.map((row) => row[col].length)));
   for (const row of rows) console.log(row.map((cell, col) => cell.padEnd(widths[col])).join('  ').trimEnd());
+}
+
+function count(values, flag) {
+  const text = values[flag];
+  if (!/^\d+$/.test(text)) throw new UsageError(`--${flag} must be a number, 0 or more: ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
+// The request's options from the flags, checked like the Python CLI checks them.
+function classifyArgs(texts, values) {
+  const given = (flag) => values[flag] !== undefined && values[flag] !== false;
+  const windowOnly = ['stride', 'aggregation', 'return-windows'].filter(given).map((flag) => `--${flag}`);
+  if (!values.window && windowOnly.length > 0) throw new UsageError(`${windowOnly.join(', ')} need --window`);
+  if (values.window && values.pair) throw new UsageError('--window is for single texts, not --pair');
+  if (values.aggregation !== undefined && !['mean', 'mean_logits', 'max'].includes(values.aggregation)) {
+    throw new UsageError(`--aggregation must be mean, mean_logits or max, got ${JSON.stringify(values.aggregation)}`);
+  }
+  if (values.pair && values.pair.length !== texts.length) {
+    throw new UsageError(`--pair given ${values.pair.length} times for ${texts.length} texts: give one per TEXT`);
+  }
+  const options = { topK: count(values, 'top-k'), returnLogits: values.logits, maxLength: count(values, 'max-length') };
+  if (values.pair) return { pairs: texts.map((text, i) => [text, values.pair[i]]), options };
+  if (!values.window) return { options };
+  return {
+    options: {
+      ...options,
+      truncation: 'window',
+      stride: values.stride === undefined ? undefined : count(values, 'stride'),
+      aggregation: values.aggregation,
+      returnWindows: values['return-windows'],
+    },
+  };
 }
 
 async function run(command, args, values, client) {
   switch (command) {
     case 'classify': {
       if (args.length === 0) throw new UsageError('classify needs at least one TEXT');
-      const response = await client.classify(args, {
-        topK: Number(values['top-k']),
-        returnLogits: values.logits,
-        maxLength: Number(values['max-length']),
-      });
+      const { pairs, options } = classifyArgs(args, values);
+      const response = await (pairs ? client.classifyPairs(pairs, options) : client.classify(args, options));
       if (values.json) console.log(JSON.stringify(response, null, 2));
-      else printTable(args, response);
+      else printTable(args, pairs, response, values.window);
       return 0;
     }
     case 'info':
@@ -115,4 +164,4 @@ if (require.main === module) {
   });
 }
 
-module.exports = { main };
+module.exports = { main, classifyArgs };

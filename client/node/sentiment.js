@@ -10,6 +10,11 @@
 //
 // Messages keep the .proto field names (snake_case), enums are their names and
 // uint64 fields are numbers: the same shapes as the Python client's results.
+//
+// Long texts as overlapping windows, and text pairs:
+//
+//   await client.classify([longText], { truncation: 'window', stride: 64, aggregation: 'max', returnWindows: true });
+//   await client.classifyPairs([['A man is eating.', 'Someone eats.']]);
 
 const fs = require('node:fs');
 const path = require('node:path');
@@ -42,7 +47,70 @@ const SERVICE_CONFIG = {
   ],
 };
 
-const STRATEGIES = { truncate: 'TRUNCATION_STRATEGY_TRUNCATE', reject: 'TRUNCATION_STRATEGY_REJECT' };
+const STRATEGIES = {
+  truncate: 'TRUNCATION_STRATEGY_TRUNCATE',
+  reject: 'TRUNCATION_STRATEGY_REJECT',
+  window: 'TRUNCATION_STRATEGY_WINDOW',
+};
+// undefined: WINDOW_AGGREGATION_UNSPECIFIED, the server's default (mean).
+const AGGREGATIONS = {
+  mean: 'WINDOW_AGGREGATION_MEAN',
+  mean_logits: 'WINDOW_AGGREGATION_MEAN_LOGITS',
+  max: 'WINDOW_AGGREGATION_MAX',
+};
+
+function lookup(table, name, what) {
+  if (!Object.hasOwn(table, name)) throw new TypeError(`unknown ${what} ${JSON.stringify(name)}`);
+  return table[name];
+}
+
+// `stride` is proto3 optional: protobufjs encodes it only when it is not
+// undefined/null, so an unset stride stays unset (the server's default) and 0 is sent as 0.
+function truncationOptions({ maxLength = 0, truncation = 'truncate', stride, aggregation } = {}) {
+  const options = { strategy: lookup(STRATEGIES, truncation, 'truncation'), max_length: maxLength };
+  if (stride !== undefined && stride !== null) options.stride = stride;
+  if (aggregation !== undefined) options.aggregation = lookup(AGGREGATIONS, aggregation, 'aggregation');
+  return options;
+}
+
+// [[text, textPair], ...] -> TextPair messages.
+function textPairs(pairs) {
+  return pairs.map((pair) => {
+    if (!Array.isArray(pair) || pair.length !== 2) {
+      throw new TypeError(`each pair must be a [text, textPair] array, got ${JSON.stringify(pair)}`);
+    }
+    return { text: pair[0], text_pair: pair[1] };
+  });
+}
+
+/** The ClassifyRequest for texts; truncation 'window' takes stride, aggregation and returnWindows. */
+function classifyRequest(texts, { topK = 0, returnLogits = false, returnWindows = false, ...truncation } = {}) {
+  return {
+    texts: [].concat(texts),
+    top_k: topK,
+    return_logits: returnLogits,
+    truncation: truncationOptions(truncation),
+    return_windows: returnWindows,
+  };
+}
+
+/** The ClassifyRequest for [text, textPair] pairs (truncation 'truncate' or 'reject'; windows are refused). */
+function classifyPairsRequest(pairs, { topK = 0, returnLogits = false, maxLength = 0, truncation = 'truncate' } = {}) {
+  return {
+    pairs: textPairs(pairs),
+    top_k: topK,
+    return_logits: returnLogits,
+    truncation: truncationOptions({ maxLength, truncation }),
+  };
+}
+
+function tokenizeRequest(texts, { pad = false, maxLength = 0, truncation = 'truncate', stride } = {}) {
+  return { texts: [].concat(texts), pad, truncation: truncationOptions({ maxLength, truncation, stride }) };
+}
+
+function tokenizePairsRequest(pairs, { pad = false, maxLength = 0, truncation = 'truncate' } = {}) {
+  return { pairs: textPairs(pairs), pad, truncation: truncationOptions({ maxLength, truncation }) };
+}
 
 function loadServices(contractRoot = CONTRACT_ROOT) {
   const definition = protoLoader.loadSync(['sentiment/v1/sentiment.proto', 'grpc/health/v1/health.proto'], {
@@ -94,20 +162,28 @@ class SentimentClient {
     });
   }
 
-  /** Classify one text or many; resolves to a ClassifyResponse (results in request order). */
-  classify(texts, { topK = 0, returnLogits = false, maxLength = 0, truncation = 'truncate', timeoutMs } = {}) {
-    const request = {
-      texts: [].concat(texts),
-      top_k: topK,
-      return_logits: returnLogits,
-      truncation: { strategy: STRATEGIES[truncation], max_length: maxLength },
-    };
-    return this._unary(this.stub, 'Classify', request, timeoutMs);
+  /**
+   * Classify one text or many; resolves to a ClassifyResponse (results in request order).
+   * Options: topK, returnLogits, maxLength, truncation ('truncate' | 'reject' | 'window'),
+   * and with 'window': stride (unset: a quarter of a window's text tokens),
+   * aggregation ('mean' | 'mean_logits' | 'max'; unset: the server's default, mean) and returnWindows.
+   */
+  async classify(texts, { timeoutMs, ...options } = {}) {
+    return this._unary(this.stub, 'Classify', classifyRequest(texts, options), timeoutMs);
   }
 
-  tokenize(texts, { pad = false, maxLength = 0, timeoutMs } = {}) {
-    const request = { texts: [].concat(texts), pad, truncation: { strategy: STRATEGIES.truncate, max_length: maxLength } };
-    return this._unary(this.stub, 'Tokenize', request, timeoutMs);
+  /** Classify [text, textPair] pairs, one result per pair. Options: topK, returnLogits, maxLength, truncation. */
+  async classifyPairs(pairs, { timeoutMs, ...options } = {}) {
+    return this._unary(this.stub, 'Classify', classifyPairsRequest(pairs, options), timeoutMs);
+  }
+
+  /** Options: pad, maxLength, truncation, stride; with 'window' each result's `overflowing` holds its other windows. */
+  async tokenize(texts, { timeoutMs, ...options } = {}) {
+    return this._unary(this.stub, 'Tokenize', tokenizeRequest(texts, options), timeoutMs);
+  }
+
+  async tokenizePairs(pairs, { timeoutMs, ...options } = {}) {
+    return this._unary(this.stub, 'Tokenize', tokenizePairsRequest(pairs, options), timeoutMs);
   }
 
   modelInfo({ timeoutMs } = {}) {
@@ -125,4 +201,13 @@ class SentimentClient {
   }
 }
 
-module.exports = { SentimentClient, loadServices, channelCredentials, DEFAULT_TARGET };
+module.exports = {
+  SentimentClient,
+  loadServices,
+  channelCredentials,
+  classifyRequest,
+  classifyPairsRequest,
+  tokenizeRequest,
+  tokenizePairsRequest,
+  DEFAULT_TARGET,
+};

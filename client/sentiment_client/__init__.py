@@ -1,6 +1,6 @@
 """Typed Python client (sync + asyncio) for the sentiment.v1 gRPC service."""
 
-from .client import AsyncSentimentClient, SentimentClient
+from .client import Aggregation, AsyncSentimentClient, PairTruncation, SentimentClient, Truncation
 from .errors import SentimentError
 from .options import ClientOptions, channel_credentials, create_aio_channel, create_channel
 from .types import (
@@ -10,19 +10,24 @@ from .types import (
     ModelInfo,
     Timings,
     TokenizedText,
+    WindowResult,
 )
 
 __all__ = [
+    "Aggregation",
     "AsyncSentimentClient",
     "Classification",
     "ClassifyResult",
     "ClientOptions",
     "LabelScore",
     "ModelInfo",
+    "PairTruncation",
     "SentimentClient",
     "SentimentError",
     "Timings",
     "TokenizedText",
+    "Truncation",
+    "WindowResult",
     "channel_credentials",
     "create_aio_channel",
     "create_channel",

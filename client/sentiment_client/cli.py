@@ -8,13 +8,30 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .client import SentimentClient
+from .client import SentimentClient, Truncation
 from .errors import SentimentError
 from .options import ClientOptions
 from .types import ClassifyResult, ModelInfo, TokenizedText
 
 DEMO_NOTE = "note: demo model with random weights; labels are meaningless"
 TEXT_WIDTH = 40
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A command whose TEXTs and options interleave, as `TEXT --pair P TEXT --pair P` needs."""
+
+    _inner = False  # parse_known_intermixed_args calls parse_known_args itself (Python 3.11)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,18 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ca-cert", help="CA bundle, PEM (env SENTIMENT_CLIENT_TLS_CA)")
     parser.add_argument("--cert", help="client certificate for mTLS (env SENTIMENT_CLIENT_TLS_CERT)")
     parser.add_argument("--key", help="client key for mTLS (env SENTIMENT_CLIENT_TLS_KEY)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
 
-    classify = commands.add_parser("classify", help="classify texts ('-' reads stdin)")
-    classify.add_argument("texts", nargs="+", metavar="TEXT")
-    classify.add_argument("--json", action="store_true", help="print JSON")
+    classify = commands.add_parser("classify", help="classify texts or text pairs ('-' reads stdin)")
+    _add_input_args(classify)
     classify.add_argument("--top-k", type=int, default=0, help="labels per text (0: all)")
     classify.add_argument("--logits", action="store_true", help="also return raw logits")
-    classify.add_argument("--max-length", type=int, default=0, help="max tokens (0: model's)")
+    classify.add_argument(
+        "--aggregation",
+        choices=("mean", "mean_logits", "max"),
+        help="how windows combine (with --window; server default: mean)",
+    )
+    classify.add_argument("--return-windows", action="store_true", help="also print each window (with --window)")
 
-    tokenize = commands.add_parser("tokenize", help="tokenize texts ('-' reads stdin)")
-    tokenize.add_argument("texts", nargs="+", metavar="TEXT")
-    tokenize.add_argument("--json", action="store_true", help="print JSON")
+    tokenize = commands.add_parser("tokenize", help="tokenize texts or text pairs ('-' reads stdin)")
+    _add_input_args(tokenize)
     tokenize.add_argument("--pad", action="store_true", help="pad to the longest text")
 
     info = commands.add_parser("info", help="describe the served model")
@@ -46,6 +66,59 @@ def _parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="exit 0 if SERVING, else 1")
     health.add_argument("--service", default="", help="service name ('' = whole server)")
     return parser
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
+def _add_input_args(parser: argparse.ArgumentParser) -> None:
+    """Texts, pairs and truncation: what classify and tokenize share."""
+    parser.add_argument("texts", nargs="+", metavar="TEXT")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--pair",
+        action="append",
+        metavar="TEXT",
+        help="second text of a pair: once per TEXT, in order (pairs, e.g. NLI or cross-encoders)",
+    )
+    parser.add_argument("--max-length", type=_non_negative, default=0, help="max tokens (0: model's)")
+    parser.add_argument(
+        "--window", action="store_true", help="long texts as overlapping windows of --max-length tokens, not cut"
+    )
+    parser.add_argument(
+        "--stride",
+        type=_non_negative,
+        metavar="N",
+        help="tokens shared by consecutive windows (with --window; default: a quarter of a window)",
+    )
+
+
+def _check_window_args(args: argparse.Namespace) -> None:
+    """Window options without --window, or windows for pairs (the contract refuses them), are usage errors."""
+    window_only = {
+        "--stride": args.stride is not None,
+        "--aggregation": getattr(args, "aggregation", None) is not None,
+        "--return-windows": getattr(args, "return_windows", False),
+    }
+    if not args.window:
+        given = [flag for flag, present in window_only.items() if present]
+        if given:
+            raise ValueError(f"{', '.join(given)} need --window")
+    elif args.pair is not None:
+        raise ValueError("--window is for single texts, not --pair")
+
+
+def _pairs(texts: list[str], seconds: list[str] | None) -> list[tuple[str, str]] | None:
+    """The `--pair` values matched to the texts in order; None without `--pair`."""
+    if seconds is None:
+        return None
+    if len(seconds) != len(texts):
+        raise ValueError(f"--pair given {len(seconds)} times for {len(texts)} texts: give one per TEXT")
+    return list(zip(texts, seconds, strict=True))
 
 
 def _options(args: argparse.Namespace) -> ClientOptions:
@@ -89,23 +162,39 @@ def _print_table(rows: list[list[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _print_classify(texts: list[str], result: ClassifyResult, logits: bool) -> None:
-    rows = [["TEXT", "LABEL", "SCORE"] + (["LOGITS"] if logits else [])]
-    for text, c in zip(texts, result.results, strict=True):
-        row = [_short(text), c.label, f"{c.score:.4f}"]
-        if logits:
-            row.append(" ".join(f"{x:.4f}" for x in c.logits))
+def _print_classify(
+    texts: list[str], pairs: list[tuple[str, str]] | None, result: ClassifyResult, args: argparse.Namespace
+) -> None:
+    """One row per text; with --window its number of windows, with --return-windows a row per window below."""
+    rows = [["TEXT", *(["PAIR"] if pairs else []), "LABEL", "SCORE"]]
+    rows[0] += (["WINDOWS"] if args.window else []) + (["LOGITS"] if args.logits else [])
+    for i, (text, c) in enumerate(zip(texts, result.results, strict=True)):
+        row = [_short(text), *([_short(pairs[i][1])] if pairs else []), c.label, f"{c.score:.4f}"]
+        row += ([str(c.num_windows)] if args.window else []) + ([_floats(c.logits)] if args.logits else [])
         rows.append(row)
+        # Windows need --window, which pairs refuse: TEXT, LABEL, SCORE, WINDOWS line up.
+        for w in c.windows:
+            window_row = [f"  tokens {w.start_token}-{w.end_token}", w.label, f"{w.score:.4f}", ""]
+            rows.append(window_row + ([""] if args.logits else []))
     _print_table(rows)
 
 
+def _floats(values: tuple[float, ...]) -> str:
+    return " ".join(f"{x:.4f}" for x in values)
+
+
 def _print_tokens(results: list[TokenizedText], pad: bool) -> None:
-    for i, t in enumerate(results):
-        print(f"[{i}] {len(t.tokens)} tokens" + (" (truncated)" if t.truncated else ""))
-        print("  tokens:         " + " ".join(t.tokens))
-        print("  input_ids:      " + " ".join(map(str, t.input_ids)))
-        if pad:
-            print("  attention_mask: " + " ".join(map(str, t.attention_mask)))
+    for i, text in enumerate(results):
+        windows = (text, *text.overflowing)
+        for w, t in enumerate(windows):
+            name = f"[{i}]" if len(windows) == 1 else f"[{i}] window {w + 1}/{len(windows)}:"
+            print(f"{name} {len(t.tokens)} tokens" + (" (truncated)" if t.truncated else ""))
+            print("  tokens:         " + " ".join(t.tokens))
+            print("  input_ids:      " + " ".join(map(str, t.input_ids)))
+            if t.token_type_ids:
+                print("  token_type_ids: " + " ".join(map(str, t.token_type_ids)))
+            if pad:
+                print("  attention_mask: " + " ".join(map(str, t.attention_mask)))
 
 
 def _print_info(info: ModelInfo) -> None:
@@ -123,18 +212,44 @@ def _is_demo(client: SentimentClient) -> bool:
         return False  # the note is best-effort
 
 
-def _run(client: SentimentClient, args: argparse.Namespace) -> int:
+def _classify(client: SentimentClient, args: argparse.Namespace, pairs: list[tuple[str, str]] | None) -> ClassifyResult:
+    if pairs is not None:
+        return client.classify_pairs(pairs, top_k=args.top_k, return_logits=args.logits, max_length=args.max_length)
+    truncation: Truncation = "window" if args.window else "truncate"
+    return client.classify(
+        args.texts,
+        top_k=args.top_k,
+        return_logits=args.logits,
+        max_length=args.max_length,
+        truncation=truncation,
+        stride=args.stride,
+        aggregation=args.aggregation,
+        return_windows=args.return_windows,
+    )
+
+
+def _tokenize(
+    client: SentimentClient, args: argparse.Namespace, pairs: list[tuple[str, str]] | None
+) -> list[TokenizedText]:
+    if pairs is not None:
+        return client.tokenize_pairs(pairs, pad=args.pad, max_length=args.max_length)
+    truncation: Truncation = "window" if args.window else "truncate"
+    return client.tokenize(
+        args.texts, pad=args.pad, max_length=args.max_length, truncation=truncation, stride=args.stride
+    )
+
+
+def _run(client: SentimentClient, args: argparse.Namespace, pairs: list[tuple[str, str]] | None = None) -> int:
     if args.command == "classify":
-        texts = _read_texts(args.texts)
-        result = client.classify(texts, top_k=args.top_k, return_logits=args.logits, max_length=args.max_length)
+        result = _classify(client, args, pairs)
         if args.json:
             _print_json(dataclasses.asdict(result))
         else:
-            _print_classify(texts, result, args.logits)
+            _print_classify(args.texts, pairs, result, args)
             if _is_demo(client):
                 print(DEMO_NOTE)
     elif args.command == "tokenize":
-        results = client.tokenize(_read_texts(args.texts), pad=args.pad)
+        results = _tokenize(client, args, pairs)
         if args.json:
             _print_json([dataclasses.asdict(t) for t in results])
         else:
@@ -155,13 +270,18 @@ def _run(client: SentimentClient, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    pairs = None
     try:
         options = _options(args)
+        if args.command in ("classify", "tokenize"):
+            _check_window_args(args)
+            args.texts = _read_texts(args.texts)
+            pairs = _pairs(args.texts, args.pair)
     except ValueError as e:
         parser.error(str(e))
     try:
         with SentimentClient(options=options) as client:
-            return _run(client, args)
+            return _run(client, args, pairs)
     except SentimentError as e:
         print(f"error: {e.code.name}: {e.message}", file=sys.stderr)
         return 2

@@ -23,14 +23,24 @@ from .types import ClassifyResult, ModelInfo, TokenizedText
 if TYPE_CHECKING:
     from typing import Self
 
-Truncation = Literal["truncate", "reject"]
+# "window": long texts as overlapping windows whose answers are aggregated (single texts only).
+Truncation = Literal["truncate", "reject", "window"]
+PairTruncation = Literal["truncate", "reject"]
+Aggregation = Literal["mean", "mean_logits", "max"]
 Texts = str | Iterable[str]  # a single string is one text
+TextPairs = Iterable[tuple[str, str]]  # (text, text_pair), classified together
 
 _R = TypeVar("_R")
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _STRATEGIES = {
     "truncate": pb.TRUNCATION_STRATEGY_TRUNCATE,
     "reject": pb.TRUNCATION_STRATEGY_REJECT,
+    "window": pb.TRUNCATION_STRATEGY_WINDOW,
+}
+_AGGREGATIONS = {
+    "mean": pb.WINDOW_AGGREGATION_MEAN,
+    "mean_logits": pb.WINDOW_AGGREGATION_MEAN_LOGITS,
+    "max": pb.WINDOW_AGGREGATION_MAX,
 }
 
 
@@ -38,23 +48,54 @@ def _texts(texts: Texts) -> list[str]:
     return [texts] if isinstance(texts, str) else list(texts)
 
 
-def _truncation(max_length: int, truncation: Truncation) -> pb.TruncationOptions:
-    return pb.TruncationOptions(strategy=_STRATEGIES[truncation], max_length=max_length)
+def _pairs(pairs: TextPairs) -> list[pb.TextPair]:
+    out = []
+    for pair in pairs:
+        # A bare string would unpack into characters: ("ab", "cd") is not a list of pairs.
+        if isinstance(pair, str) or len(pair) != 2:
+            raise TypeError(f"each pair must be a (text, text_pair) tuple, got {pair!r}")
+        out.append(pb.TextPair(text=pair[0], text_pair=pair[1]))
+    return out
 
 
-def _classify_request(
-    texts: Texts, top_k: int, return_logits: bool, max_length: int, truncation: Truncation
-) -> pb.ClassifyRequest:
-    return pb.ClassifyRequest(
-        texts=_texts(texts),
-        top_k=top_k,
-        return_logits=return_logits,
-        truncation=_truncation(max_length, truncation),
+def _truncation(
+    max_length: int,
+    truncation: Truncation,
+    stride: int | None = None,
+    aggregation: Aggregation | None = None,
+) -> pb.TruncationOptions:
+    """`stride` None stays unset (the server's default); `aggregation` None is the server's default (mean)."""
+    return pb.TruncationOptions(
+        strategy=_STRATEGIES[truncation],
+        max_length=max_length,
+        stride=stride,
+        aggregation=pb.WINDOW_AGGREGATION_UNSPECIFIED if aggregation is None else _AGGREGATIONS[aggregation],
     )
 
 
-def _tokenize_request(texts: Texts, pad: bool, max_length: int) -> pb.TokenizeRequest:
-    return pb.TokenizeRequest(texts=_texts(texts), pad=pad, truncation=_truncation(max_length, "truncate"))
+def _classify_request(
+    texts: Texts = (),
+    *,
+    pairs: TextPairs = (),
+    top_k: int,
+    return_logits: bool,
+    truncation: pb.TruncationOptions,
+    return_windows: bool = False,
+) -> pb.ClassifyRequest:
+    return pb.ClassifyRequest(
+        texts=_texts(texts),
+        pairs=_pairs(pairs),
+        top_k=top_k,
+        return_logits=return_logits,
+        truncation=truncation,
+        return_windows=return_windows,
+    )
+
+
+def _tokenize_request(
+    texts: Texts = (), *, pairs: TextPairs = (), pad: bool, truncation: pb.TruncationOptions
+) -> pb.TokenizeRequest:
+    return pb.TokenizeRequest(texts=_texts(texts), pairs=_pairs(pairs), pad=pad, truncation=truncation)
 
 
 def _status_name(response: health_pb2.HealthCheckResponse) -> str:
@@ -117,9 +158,38 @@ class SentimentClient:
         return_logits: bool = False,
         max_length: int = 0,
         truncation: Truncation = "truncate",
+        stride: int | None = None,
+        aggregation: Aggregation | None = None,
+        return_windows: bool = False,
         timeout: float | None = None,
     ) -> ClassifyResult:
-        request = _classify_request(texts, top_k, return_logits, max_length, truncation)
+        """One result per text. `stride`, `aggregation` and `return_windows` apply to truncation "window"."""
+        request = _classify_request(
+            texts,
+            top_k=top_k,
+            return_logits=return_logits,
+            truncation=_truncation(max_length, truncation, stride, aggregation),
+            return_windows=return_windows,
+        )
+        return self._classify(request, timeout)
+
+    def classify_pairs(
+        self,
+        pairs: TextPairs,
+        *,
+        top_k: int = 0,
+        return_logits: bool = False,
+        max_length: int = 0,
+        truncation: PairTruncation = "truncate",
+        timeout: float | None = None,
+    ) -> ClassifyResult:
+        """One result per (text, text_pair), each pair one sequence (NLI, cross-encoders)."""
+        request = _classify_request(
+            pairs=pairs, top_k=top_k, return_logits=return_logits, truncation=_truncation(max_length, truncation)
+        )
+        return self._classify(request, timeout)
+
+    def _classify(self, request: pb.ClassifyRequest, timeout: float | None) -> ClassifyResult:
         response: pb.ClassifyResponse = self._unary(self._stub.Classify, request, timeout)
         return ClassifyResult.from_proto(response)
 
@@ -131,15 +201,25 @@ class SentimentClient:
         return_logits: bool = False,
         max_length: int = 0,
         truncation: Truncation = "truncate",
+        stride: int | None = None,
+        aggregation: Aggregation | None = None,
+        return_windows: bool = False,
         timeout: float | None = None,
     ) -> Iterator[ClassifyResult]:
         """One result per batch of texts, in order, over one ClassifyStream call.
 
         Not retried; `timeout` bounds the whole stream (None: no deadline).
         """
+        options = _truncation(max_length, truncation, stride, aggregation)
         stream_requests = (
             pb.ClassifyStreamRequest(
-                request=_classify_request(texts, top_k, return_logits, max_length, truncation),
+                request=_classify_request(
+                    texts,
+                    top_k=top_k,
+                    return_logits=return_logits,
+                    truncation=options,
+                    return_windows=return_windows,
+                ),
                 correlation_id=str(i),
             )
             for i, texts in enumerate(requests)
@@ -154,9 +234,32 @@ class SentimentClient:
             call.cancel()
 
     def tokenize(
-        self, texts: Texts, *, pad: bool = False, max_length: int = 0, timeout: float | None = None
+        self,
+        texts: Texts,
+        *,
+        pad: bool = False,
+        max_length: int = 0,
+        truncation: Truncation = "truncate",
+        stride: int | None = None,
+        timeout: float | None = None,
     ) -> list[TokenizedText]:
-        request = _tokenize_request(texts, pad, max_length)
+        """The ids Classify sees; with truncation "window" each result's `overflowing` holds its other windows."""
+        request = _tokenize_request(texts, pad=pad, truncation=_truncation(max_length, truncation, stride))
+        return self._tokenize(request, timeout)
+
+    def tokenize_pairs(
+        self,
+        pairs: TextPairs,
+        *,
+        pad: bool = False,
+        max_length: int = 0,
+        truncation: PairTruncation = "truncate",
+        timeout: float | None = None,
+    ) -> list[TokenizedText]:
+        request = _tokenize_request(pairs=pairs, pad=pad, truncation=_truncation(max_length, truncation))
+        return self._tokenize(request, timeout)
+
+    def _tokenize(self, request: pb.TokenizeRequest, timeout: float | None) -> list[TokenizedText]:
         response: pb.TokenizeResponse = self._unary(self._stub.Tokenize, request, timeout)
         return [TokenizedText.from_proto(t) for t in response.results]
 
@@ -220,9 +323,36 @@ class AsyncSentimentClient:
         return_logits: bool = False,
         max_length: int = 0,
         truncation: Truncation = "truncate",
+        stride: int | None = None,
+        aggregation: Aggregation | None = None,
+        return_windows: bool = False,
         timeout: float | None = None,
     ) -> ClassifyResult:
-        request = _classify_request(texts, top_k, return_logits, max_length, truncation)
+        request = _classify_request(
+            texts,
+            top_k=top_k,
+            return_logits=return_logits,
+            truncation=_truncation(max_length, truncation, stride, aggregation),
+            return_windows=return_windows,
+        )
+        return await self._classify(request, timeout)
+
+    async def classify_pairs(
+        self,
+        pairs: TextPairs,
+        *,
+        top_k: int = 0,
+        return_logits: bool = False,
+        max_length: int = 0,
+        truncation: PairTruncation = "truncate",
+        timeout: float | None = None,
+    ) -> ClassifyResult:
+        request = _classify_request(
+            pairs=pairs, top_k=top_k, return_logits=return_logits, truncation=_truncation(max_length, truncation)
+        )
+        return await self._classify(request, timeout)
+
+    async def _classify(self, request: pb.ClassifyRequest, timeout: float | None) -> ClassifyResult:
         response: pb.ClassifyResponse = await self._unary(self._stub.Classify, request, timeout)
         return ClassifyResult.from_proto(response)
 
@@ -234,15 +364,26 @@ class AsyncSentimentClient:
         return_logits: bool = False,
         max_length: int = 0,
         truncation: Truncation = "truncate",
+        stride: int | None = None,
+        aggregation: Aggregation | None = None,
+        return_windows: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[ClassifyResult]:
         """Async version of `SentimentClient.classify_stream`; `requests` may be async."""
+
+        options = _truncation(max_length, truncation, stride, aggregation)
 
         async def stream_requests() -> AsyncIterator[pb.ClassifyStreamRequest]:
             batches = requests if isinstance(requests, AsyncIterable) else _aiter(requests)
             i = 0
             async for texts in batches:
-                request = _classify_request(texts, top_k, return_logits, max_length, truncation)
+                request = _classify_request(
+                    texts,
+                    top_k=top_k,
+                    return_logits=return_logits,
+                    truncation=options,
+                    return_windows=return_windows,
+                )
                 yield pb.ClassifyStreamRequest(request=request, correlation_id=str(i))
                 i += 1
 
@@ -256,9 +397,31 @@ class AsyncSentimentClient:
             call.cancel()
 
     async def tokenize(
-        self, texts: Texts, *, pad: bool = False, max_length: int = 0, timeout: float | None = None
+        self,
+        texts: Texts,
+        *,
+        pad: bool = False,
+        max_length: int = 0,
+        truncation: Truncation = "truncate",
+        stride: int | None = None,
+        timeout: float | None = None,
     ) -> list[TokenizedText]:
-        request = _tokenize_request(texts, pad, max_length)
+        request = _tokenize_request(texts, pad=pad, truncation=_truncation(max_length, truncation, stride))
+        return await self._tokenize(request, timeout)
+
+    async def tokenize_pairs(
+        self,
+        pairs: TextPairs,
+        *,
+        pad: bool = False,
+        max_length: int = 0,
+        truncation: PairTruncation = "truncate",
+        timeout: float | None = None,
+    ) -> list[TokenizedText]:
+        request = _tokenize_request(pairs=pairs, pad=pad, truncation=_truncation(max_length, truncation))
+        return await self._tokenize(request, timeout)
+
+    async def _tokenize(self, request: pb.TokenizeRequest, timeout: float | None) -> list[TokenizedText]:
         response: pb.TokenizeResponse = await self._unary(self._stub.Tokenize, request, timeout)
         return [TokenizedText.from_proto(t) for t in response.results]
 

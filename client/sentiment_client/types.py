@@ -19,8 +19,43 @@ class LabelScore:
 
 
 @dataclass(frozen=True)
+class WindowResult:
+    """One window of a long text (truncation "window"): all its labels, best first, and its span.
+
+    `start_token`/`end_token` index the text's tokens without special tokens, end exclusive;
+    `num_tokens` counts the window's tokens as the model saw them, special tokens included.
+    """
+
+    scores: tuple[LabelScore, ...]
+    start_token: int
+    end_token: int
+    num_tokens: int
+
+    @property
+    def label(self) -> str:
+        return self.scores[0].label
+
+    @property
+    def score(self) -> float:
+        return self.scores[0].score
+
+    @classmethod
+    def from_proto(cls, msg: pb.WindowResult) -> WindowResult:
+        return cls(
+            scores=tuple(LabelScore.from_proto(s) for s in msg.scores),
+            start_token=msg.start_token,
+            end_token=msg.end_token,
+            num_tokens=msg.num_tokens,
+        )
+
+
+@dataclass(frozen=True)
 class Classification:
-    """The best label and score of one text, then the top-k (or all) labels, best first."""
+    """The best label and score of one text (or pair), then the top-k (or all) labels, best first.
+
+    With truncation "window": `num_windows` windows were aggregated into this answer, `truncated`
+    is False, and `windows` holds each window's answer when `return_windows` was asked for.
+    """
 
     label: str
     score: float
@@ -28,6 +63,8 @@ class Classification:
     logits: tuple[float, ...]
     num_tokens: int
     truncated: bool
+    num_windows: int = 1
+    windows: tuple[WindowResult, ...] = ()
 
     @classmethod
     def from_proto(cls, msg: pb.Classification) -> Classification:
@@ -38,6 +75,8 @@ class Classification:
             logits=tuple(msg.logits),
             num_tokens=msg.num_tokens,
             truncated=msg.truncated,
+            num_windows=msg.num_windows,
+            windows=tuple(WindowResult.from_proto(w) for w in msg.windows),
         )
 
 
@@ -78,14 +117,29 @@ class ClassifyResult:
 
 @dataclass(frozen=True)
 class TokenizedText:
+    """One text (or pair) as the model sees it.
+
+    `token_type_ids`: segment ids, only for models that take them (`ModelInfo.inputs`).
+    `overflowing`: with truncation "window", the windows after the first (this one).
+    """
+
     input_ids: tuple[int, ...]
     attention_mask: tuple[int, ...]
     tokens: tuple[str, ...]
     truncated: bool
+    token_type_ids: tuple[int, ...] = ()
+    overflowing: tuple[TokenizedText, ...] = ()
 
     @classmethod
     def from_proto(cls, msg: pb.TokenizedText) -> TokenizedText:
-        return cls(tuple(msg.input_ids), tuple(msg.attention_mask), tuple(msg.tokens), msg.truncated)
+        return cls(
+            input_ids=tuple(msg.input_ids),
+            attention_mask=tuple(msg.attention_mask),
+            tokens=tuple(msg.tokens),
+            truncated=msg.truncated,
+            token_type_ids=tuple(msg.token_type_ids),
+            overflowing=tuple(TokenizedText.from_proto(o) for o in msg.overflowing),
+        )
 
 
 def problem_type_name(value: pb.ProblemType) -> str:
@@ -105,6 +159,7 @@ class ModelInfo:
     backend: str
     dtype: str
     demo: bool
+    inputs: tuple[str, ...] = ()  # input_ids, attention_mask, and token_type_ids where the model takes them
 
     @classmethod
     def from_proto(cls, msg: pb.GetModelInfoResponse) -> ModelInfo:
@@ -118,4 +173,5 @@ class ModelInfo:
             backend=msg.backend,
             dtype=msg.dtype,
             demo=msg.demo,
+            inputs=tuple(msg.inputs),
         )

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 from sentiment_client import (
     AsyncSentimentClient,
+    Classification,
     ClassifyResult,
     ClientOptions,
     LabelScore,
@@ -28,6 +30,7 @@ from sentiment_client import (
     SentimentClient,
     SentimentError,
     TokenizedText,
+    WindowResult,
 )
 from sentiment_client.cli import DEMO_NOTE, main
 from sentiment_client.retry import backoff_s
@@ -50,14 +53,35 @@ def _classification(text: str) -> pb.Classification:
     )
 
 
+def _windowed(classification: pb.Classification, request: pb.ClassifyRequest) -> pb.Classification:
+    """With WINDOW: two windows, listed when asked for."""
+    if request.truncation.strategy == pb.TRUNCATION_STRATEGY_WINDOW:
+        classification.num_windows = 2
+        if request.return_windows:
+            classification.windows.extend(
+                pb.WindowResult(scores=classification.scores, start_token=start, end_token=start + 6, num_tokens=8)
+                for start in (0, 4)
+            )
+    else:
+        classification.num_windows = 1
+    return classification
+
+
 def _classify_response(request: pb.ClassifyRequest, request_id: str) -> pb.ClassifyResponse:
+    inputs = [*request.texts, *(f"{p.text} {p.text_pair}" for p in request.pairs)]
     return pb.ClassifyResponse(
-        results=[_classification(t) for t in request.texts],
+        results=[_windowed(_classification(t), request) for t in inputs],
         model_name="fake",
         model_version="1",
         request_id=request_id,
         timings=pb.Timings(tokenize_us=1, queue_us=2, inference_us=3, total_us=6),
     )
+
+
+def _tokenized(words: list[str], pair: list[str] | None = None, type_ids: list[int] | None = None) -> pb.TokenizedText:
+    tokens = ["[CLS]", *words, "[SEP]", *([*pair, "[SEP]"] if pair else [])]
+    ids = [101 if t == "[CLS]" else 102 if t == "[SEP]" else i for i, t in enumerate(tokens)]
+    return pb.TokenizedText(input_ids=ids, attention_mask=[1] * len(ids), tokens=tokens, token_type_ids=type_ids)
 
 
 @dataclass
@@ -68,6 +92,7 @@ class FakeServicer(pb_grpc.SentimentServiceServicer):
     fail_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     calls: int = 0
     metadata: list[dict[str, str]] = field(default_factory=list)
+    requests: list[pb.ClassifyRequest | pb.TokenizeRequest] = field(default_factory=list)
 
     def _record(self, context: grpc.ServicerContext) -> str:
         self.calls += 1
@@ -79,25 +104,27 @@ class FakeServicer(pb_grpc.SentimentServiceServicer):
         return request_id
 
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.ClassifyResponse:
+        self.requests.append(request)
         return _classify_response(request, self._record(context))
 
     def ClassifyStream(
         self, request_iterator: Iterator[pb.ClassifyStreamRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ClassifyStreamResponse]:
         for item in request_iterator:
+            self.requests.append(item.request)
             response = _classify_response(item.request, f"stream-{item.correlation_id}")
             yield pb.ClassifyStreamResponse(response=response, correlation_id=item.correlation_id)
 
     def Tokenize(self, request: pb.TokenizeRequest, context: grpc.ServicerContext) -> pb.TokenizeResponse:
+        self.requests.append(request)
         self._record(context)
-        results = [
-            pb.TokenizedText(
-                input_ids=[101, *range(1, len(t.split()) + 1), 102],
-                attention_mask=[1] * (len(t.split()) + 2),
-                tokens=["[CLS]", *t.split(), "[SEP]"],
-            )
-            for t in request.texts
-        ]
+        results = [_tokenized(t.split()) for t in request.texts]
+        for p in request.pairs:  # segment ids as a model that takes them gets them
+            first, second = p.text.split(), p.text_pair.split()
+            results.append(_tokenized(first, second, [0] * (len(first) + 2) + [1] * (len(second) + 1)))
+        if request.truncation.strategy == pb.TRUNCATION_STRATEGY_WINDOW:
+            for result in results:
+                result.overflowing.append(_tokenized(["window", "two"]))
         return pb.TokenizeResponse(results=results)
 
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.GetModelInfoResponse:
@@ -181,6 +208,39 @@ def test_tokenized_text_and_model_info_from_proto() -> None:
     assert info.labels == ("a", "b")
     assert info.problem_type == "multi_label_classification"
     assert ModelInfo.from_proto(pb.GetModelInfoResponse()).problem_type == "unspecified"
+
+
+def test_windows_and_pairs_results_from_proto() -> None:
+    scores = [
+        pb.LabelScore(label="POSITIVE", score=0.75, label_id=1),
+        pb.LabelScore(label="NEGATIVE", score=0.25, label_id=0),
+    ]
+    windows = [
+        pb.WindowResult(scores=scores, start_token=0, end_token=14, num_tokens=16),
+        pb.WindowResult(scores=scores[::-1], start_token=11, end_token=20, num_tokens=11),
+    ]
+    msg = pb.Classification(label="POSITIVE", score=0.75, scores=scores, num_tokens=16, num_windows=2, windows=windows)
+    c = ClassifyResult.from_proto(pb.ClassifyResponse(results=[msg])).results[0]
+    assert (c.num_windows, c.truncated, len(c.windows)) == (2, False, 2)
+    assert c.windows[0] == WindowResult(
+        (LabelScore("POSITIVE", 0.75, 1), LabelScore("NEGATIVE", 0.25, 0)), start_token=0, end_token=14, num_tokens=16
+    )
+    assert (c.windows[1].label, c.windows[1].start_token, c.windows[1].end_token) == ("NEGATIVE", 11, 20)
+    assert c.windows[1].score == 0.25
+    plain = Classification.from_proto(pb.Classification(label="x", num_windows=1))
+    assert (plain.num_windows, plain.windows) == (1, ())
+
+    first = pb.TokenizedText(input_ids=[101, 7, 8, 102], attention_mask=[1] * 4, tokens=["[CLS]", "a", "b", "[SEP]"])
+    first.token_type_ids.extend([0, 0, 1, 1])
+    first.overflowing.add(input_ids=[101, 8, 102], attention_mask=[1] * 3, tokens=["[CLS]", "b", "[SEP]"])
+    tokenized = TokenizedText.from_proto(first)
+    assert tokenized.token_type_ids == (0, 0, 1, 1)
+    assert tokenized.overflowing == (TokenizedText((101, 8, 102), (1, 1, 1), ("[CLS]", "b", "[SEP]"), False),)
+    assert tokenized.overflowing[0].overflowing == () and tokenized.overflowing[0].token_type_ids == ()
+
+    info = ModelInfo.from_proto(pb.GetModelInfoResponse(inputs=["input_ids", "attention_mask", "token_type_ids"]))
+    assert info.inputs == ("input_ids", "attention_mask", "token_type_ids")
+    assert ModelInfo.from_proto(pb.GetModelInfoResponse()).inputs == ()
 
 
 def test_options_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -325,6 +385,116 @@ def test_mutual_tls_with_server_name_override(fake: FakeServicer, tmp_path: Path
             client.health(timeout=2)
 
 
+# --- windows and pairs: the requests the client sends -------------------------------------
+
+WINDOW = pb.TRUNCATION_STRATEGY_WINDOW
+
+
+def _truncation_fields(options: pb.TruncationOptions) -> tuple[int, int, int | None, int]:
+    """(strategy, max_length, stride or None when unset, aggregation)."""
+    stride = options.stride if options.HasField("stride") else None
+    return options.strategy, options.max_length, stride, options.aggregation
+
+
+def test_todays_calls_send_no_window_fields(fake: FakeServicer, target: str) -> None:
+    with SentimentClient(target) as client:
+        client.classify(["a"], max_length=8)
+        client.tokenize("b", pad=True)
+    classify, tokenize = fake.requests
+    assert isinstance(classify, pb.ClassifyRequest) and isinstance(tokenize, pb.TokenizeRequest)
+    assert _truncation_fields(classify.truncation) == (pb.TRUNCATION_STRATEGY_TRUNCATE, 8, None, 0)
+    assert (list(classify.pairs), classify.return_windows) == ([], False)
+    assert _truncation_fields(tokenize.truncation) == (pb.TRUNCATION_STRATEGY_TRUNCATE, 0, None, 0)
+    assert list(tokenize.pairs) == []
+
+
+@pytest.mark.parametrize(
+    ("stride", "aggregation", "want_stride", "want_aggregation"),
+    [
+        (None, None, None, pb.WINDOW_AGGREGATION_UNSPECIFIED),  # unset: the server's defaults
+        (0, "mean", 0, pb.WINDOW_AGGREGATION_MEAN),  # 0 is sent, not dropped
+        (7, "mean_logits", 7, pb.WINDOW_AGGREGATION_MEAN_LOGITS),
+        (3, "max", 3, pb.WINDOW_AGGREGATION_MAX),
+    ],
+)
+def test_window_options_reach_the_request(
+    fake: FakeServicer,
+    target: str,
+    stride: int | None,
+    aggregation: Any,
+    want_stride: int | None,
+    want_aggregation: int,
+) -> None:
+    with SentimentClient(target) as client:
+        result = client.classify(
+            ["I love it"],
+            truncation="window",
+            max_length=16,
+            stride=stride,
+            aggregation=aggregation,
+            return_windows=True,
+        )
+    (request,) = fake.requests
+    assert isinstance(request, pb.ClassifyRequest)
+    assert _truncation_fields(request.truncation) == (WINDOW, 16, want_stride, want_aggregation)
+    assert request.return_windows is True and list(request.texts) == ["I love it"]
+    assert result.results[0].num_windows == 2
+    assert [(w.start_token, w.end_token, w.num_tokens) for w in result.results[0].windows] == [(0, 6, 8), (4, 10, 8)]
+
+
+def test_pairs_and_windowed_tokenize_requests(fake: FakeServicer, target: str) -> None:
+    pairs = [("A man eats.", "Someone eats."), ("a", "b")]
+    with SentimentClient(target) as client:
+        result = client.classify_pairs(pairs, top_k=1, return_logits=True, max_length=32, truncation="reject")
+        assert [c.label for c in result.results] == ["NEGATIVE", "NEGATIVE"]
+        pair_tokens = client.tokenize_pairs([("a b", "c")], pad=True, max_length=9)
+        windows = client.tokenize(["x y"], truncation="window", max_length=12, stride=0)
+        with pytest.raises(TypeError, match="pair"):
+            client.classify_pairs(["ab", "cd"])  # type: ignore[list-item]  # strings, not pairs
+    classify, tokenize_pairs, tokenize = fake.requests
+    assert isinstance(classify, pb.ClassifyRequest)
+    assert [(p.text, p.text_pair) for p in classify.pairs] == pairs and list(classify.texts) == []
+    assert (classify.top_k, classify.return_logits, classify.return_windows) == (1, True, False)
+    assert _truncation_fields(classify.truncation) == (pb.TRUNCATION_STRATEGY_REJECT, 32, None, 0)
+    assert isinstance(tokenize_pairs, pb.TokenizeRequest)
+    assert [(p.text, p.text_pair) for p in tokenize_pairs.pairs] == [("a b", "c")] and tokenize_pairs.pad
+    assert _truncation_fields(tokenize_pairs.truncation) == (pb.TRUNCATION_STRATEGY_TRUNCATE, 9, None, 0)
+    assert pair_tokens[0].token_type_ids == (0, 0, 0, 0, 1, 1)
+    assert isinstance(tokenize, pb.TokenizeRequest)
+    assert _truncation_fields(tokenize.truncation) == (WINDOW, 12, 0, 0)
+    assert [t.tokens for t in windows[0].overflowing] == [("[CLS]", "window", "two", "[SEP]")]
+
+
+def test_stream_and_async_send_the_same_requests(fake: FakeServicer, target: str) -> None:
+    window = {"truncation": "window", "max_length": 16, "stride": 0, "aggregation": "max", "return_windows": True}
+    with SentimentClient(target) as client:
+        list(client.classify_stream([["a"], ["b"]], **window))  # type: ignore[arg-type]
+
+    async def run() -> None:
+        async with AsyncSentimentClient(target) as client:
+            await client.classify(["a"], **window)  # type: ignore[arg-type]
+            async_stream = [r async for r in client.classify_stream([["a"]], **window)]  # type: ignore[arg-type]
+            assert len(async_stream) == 1
+            await client.classify_pairs([("a", "b")], truncation="reject")
+            await client.tokenize("a", truncation="window", stride=2)
+            tokens = await client.tokenize_pairs([("a", "b")], max_length=5)
+            assert tokens[0].token_type_ids == (0, 0, 0, 1, 1)
+
+    asyncio.run(run())
+    *windowed, pairs, tokenize, tokenize_pairs = fake.requests
+    assert len(windowed) == 4
+    for request in windowed:
+        assert isinstance(request, pb.ClassifyRequest)
+        assert _truncation_fields(request.truncation) == (WINDOW, 16, 0, pb.WINDOW_AGGREGATION_MAX)
+        assert request.return_windows
+    assert isinstance(pairs, pb.ClassifyRequest)
+    assert [(p.text, p.text_pair) for p in pairs.pairs] == [("a", "b")]
+    assert pairs.truncation.strategy == pb.TRUNCATION_STRATEGY_REJECT
+    assert _truncation_fields(tokenize.truncation) == (WINDOW, 0, 2, 0)
+    assert isinstance(tokenize_pairs, pb.TokenizeRequest)
+    assert [(p.text, p.text_pair) for p in tokenize_pairs.pairs] == [("a", "b")]
+
+
 # --- CLI ---------------------------------------------------------------------------------
 
 
@@ -375,3 +545,81 @@ def test_cli_error_exit_code_and_api_key(fake: FakeServicer, target: str, capsys
     assert captured.err == "error: PERMISSION_DENIED: try again later\n"
     assert captured.out == ""
     assert fake.metadata[0]["x-api-key"] == "k2"
+
+
+def test_cli_window_flags_build_the_request(
+    fake: FakeServicer, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--window", "--max-length", "16", "--stride", "0", "--aggregation", "mean_logits", "--return-windows"]
+    assert main(["--target", target, "classify", *args, "I love it", "meh"]) == 0
+    request = fake.requests[0]
+    assert isinstance(request, pb.ClassifyRequest)
+    assert _truncation_fields(request.truncation) == (WINDOW, 16, 0, pb.WINDOW_AGGREGATION_MEAN_LOGITS)
+    assert request.return_windows and list(request.texts) == ["I love it", "meh"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["TEXT", "LABEL", "SCORE", "WINDOWS"]
+    assert lines[1].split() == ["I", "love", "it", "POSITIVE", "0.7500", "2"]
+    assert lines[2].split() == ["tokens", "0-6", "POSITIVE", "0.7500"]
+    assert lines[3].split() == ["tokens", "4-10", "POSITIVE", "0.7500"]
+    assert (
+        lines[4].split() == ["meh", "NEGATIVE", "0.7500", "2"] and len(lines) == 8
+    )  # meh and its windows, then the note
+
+    assert main(["--target", target, "classify", "--json", "--window", "x"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["results"][0]["num_windows"], out["results"][0]["windows"]) == (2, [])
+    request = fake.requests[-1]
+    assert isinstance(request, pb.ClassifyRequest)
+    assert _truncation_fields(request.truncation) == (WINDOW, 0, None, pb.WINDOW_AGGREGATION_UNSPECIFIED)
+    assert not request.return_windows
+
+
+def test_cli_pairs(fake: FakeServicer, target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--target", target, "classify", "I love it", "--pair", "so do I", "b", "--pair", "c"]) == 0
+    request = fake.requests[0]
+    assert isinstance(request, pb.ClassifyRequest)
+    assert [(p.text, p.text_pair) for p in request.pairs] == [("I love it", "so do I"), ("b", "c")]
+    assert list(request.texts) == [] and request.truncation.strategy == pb.TRUNCATION_STRATEGY_TRUNCATE
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["TEXT", "PAIR", "LABEL", "SCORE"]
+    assert lines[1].split() == ["I", "love", "it", "so", "do", "I", "POSITIVE", "0.7500"]
+
+    assert main(["--target", target, "tokenize", "--json", "a b", "--pair", "c"]) == 0
+    (tokenized,) = json.loads(capsys.readouterr().out)
+    assert tokenized["token_type_ids"] == [0, 0, 0, 0, 1, 1]
+    assert main(["--target", target, "tokenize", "a b", "--pair", "c"]) == 0
+    assert "  token_type_ids: 0 0 0 0 1 1" in capsys.readouterr().out.splitlines()
+
+
+def test_cli_tokenize_window_prints_every_window(
+    fake: FakeServicer, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--target", target, "tokenize", "--window", "--max-length", "8", "--stride", "2", "a b"]) == 0
+    request = fake.requests[0]
+    assert isinstance(request, pb.TokenizeRequest)
+    assert _truncation_fields(request.truncation) == (WINDOW, 8, 2, 0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[0] window 1/2: 4 tokens"
+    assert lines[3] == "[0] window 2/2: 4 tokens"
+    assert lines[4] == "  tokens:         [CLS] window two [SEP]"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stride", "4", "x"], "--stride need --window"),
+        (["--aggregation", "max", "--return-windows", "x"], "--aggregation, --return-windows need --window"),
+        (["--window", "x", "--pair", "y"], "--window is for single texts, not --pair"),
+        (["a", "b", "--pair", "y"], "--pair given 1 times for 2 texts"),
+        (["--window", "--stride", "-1", "x"], "must be 0 or more"),
+        (["--window", "--aggregation", "median", "x"], "invalid choice: 'median'"),
+    ],
+)
+def test_cli_refuses_bad_window_and_pair_flags(
+    fake: FakeServicer, target: str, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--target", target, "classify", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert fake.requests == []
