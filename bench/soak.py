@@ -776,8 +776,16 @@ class Soak:
         return self.stats.stopping
 
 
+FLOOR_SAMPLES = 12  # the floor of RSS: the least of this many samples at each end of the steady part
+
+
 def growth(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, dict[str, Any]]:
-    """Per process group: first sample after the warm-up vs the last under load, and the slope per minute."""
+    """Per process group: first sample after the warm-up vs the last under load, and the slope per minute.
+
+    Also the floor's growth: the least of the last FLOOR_SAMPLES samples minus the least of the first ones.
+    A batch in flight when a sample is taken adds its tensors to one sample (the stubs' RSS moves by tens of
+    MB with the full-size model); what stays allocated raises the floor.
+    """
     steady = [s for s in samples if s["phase"] in ("load", "end") and s["t_s"] >= warmup_s]
     out: dict[str, dict[str, Any]] = {}
     if len(steady) < 2:
@@ -799,12 +807,15 @@ def growth(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, dict[str
             y = np.array([p[1][metric] for p in points], dtype=float) * scale
             key = metric.replace("_kb", "_mb")
             slope = float(np.polyfit(t, y, 1)[0]) if len(set(t)) > 1 else 0.0
+            k = min(FLOOR_SAMPLES, len(y) // 2) or 1
             entry[key] = {
                 "first": round(float(y[0]), 2),
                 "last": round(float(y[-1]), 2),
                 "max": round(float(y.max()), 2),
                 "growth": round(float(y[-1] - y[0]), 2),
+                "floor_growth": round(float(y[-k:].min() - y[:k].min()), 2),
                 "slope_per_min": round(slope, 3),
+                "slope_total": round(slope * float(t[-1] - t[0]), 2),  # the slope over the steady part
             }
         out[name] = entry
     return out
@@ -814,11 +825,14 @@ def print_growth(table: dict[str, dict[str, Any]], warmup_s: float) -> None:
     if not table:
         print("not enough samples after the warm-up for a growth table")
         return
-    print(f"\ngrowth after the {warmup_s:.0f} s warm-up (first sample after it vs last; slope = least squares)")
+    print(
+        f"\ngrowth after the {warmup_s:.0f} s warm-up (first sample after it vs last; floor: least of the first "
+        f"{FLOOR_SAMPLES} samples vs least of the last {FLOOR_SAMPLES}; slope = least squares, and over the run)"
+    )
     header = (
-        f"{'process':<13} {'RSS first MB':>12} {'last MB':>9} {'growth MB':>10} {'MB/min':>8} "
-        f"{'anon MB/min':>11} {'shmem MB/min':>12} {'fds first':>9} {'last':>5} {'growth':>6} {'fds/min':>8} "
-        f"{'threads':>9}"
+        f"{'process':<13} {'RSS first MB':>12} {'last MB':>9} {'growth MB':>10} {'floor MB':>9} {'MB/min':>8} "
+        f"{'slope MB':>9} {'anon MB/min':>11} {'shmem MB/min':>12} {'fds first':>9} {'last':>5} {'growth':>6} "
+        f"{'fds/min':>8} {'threads':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -826,9 +840,10 @@ def print_growth(table: dict[str, dict[str, Any]], warmup_s: float) -> None:
         r, f, th = e["rss_mb"], e["fds"], e["threads"]
         anon, shmem = e["rss_anon_mb"]["slope_per_min"], e["rss_shmem_mb"]["slope_per_min"]
         print(
-            f"{name:<13} {r['first']:>12.1f} {r['last']:>9.1f} {r['growth']:>+10.1f} {r['slope_per_min']:>+8.3f} "
-            f"{anon:>+11.3f} {shmem:>+12.3f} {f['first']:>9.0f} {f['last']:>5.0f} {f['growth']:>+6.0f} "
-            f"{f['slope_per_min']:>+8.3f} {th['first']:>4.0f}->{th['last']:<4.0f}"
+            f"{name:<13} {r['first']:>12.1f} {r['last']:>9.1f} {r['growth']:>+10.1f} {r['floor_growth']:>+9.1f} "
+            f"{r['slope_per_min']:>+8.3f} {r['slope_total']:>+9.2f} {anon:>+11.3f} {shmem:>+12.3f} "
+            f"{f['first']:>9.0f} {f['last']:>5.0f} {f['growth']:>+6.0f} {f['slope_per_min']:>+8.3f} "
+            f"{th['first']:>4.0f}->{th['last']:<4.0f}"
         )
 
 
@@ -914,6 +929,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "every this many seconds from the end of the warm-up (0 = off, the default)",
     )
     p.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="RESULTS",
+        help="run nothing: read a saved run's JSON, recompute its growth table, rewrite it and its PNG",
+    )
+    p.add_argument(
         "--output",
         type=Path,
         help=f"JSON results (default {RESULTS.relative_to(ROOT)}; chaos: {CHAOS_RESULTS.relative_to(ROOT)})",
@@ -942,8 +963,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def reanalyse(path: Path) -> int:
+    """A saved run's growth table recomputed (the same samples, this version's statistics), and its PNG."""
+    results = json.loads(path.read_text())
+    warmup_s = results["config"]["warmup_s"]
+    results["summary"]["growth"] = table = growth(results["samples"], warmup_s)
+    print_growth(table, warmup_s)
+    write_json(path, results)
+    print(f"wrote {path} and {plot(results, path.with_suffix('.png'))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return reanalyse(args.from_json)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
