@@ -13,16 +13,17 @@ options, now and then a Tokenize; the others ClassifyStream calls of 50
 messages each, one message in flight), plus one caller that opens a fresh
 channel for every call (connection churn, twice a second). `--cancel-fraction`
 (5 %) of the unary calls are cancelled by their caller at a random moment in
-flight, and as many streams right after writing a random message; those count
-as cancelled, not failed. `--client python`: the unary calls go through the
-project's AsyncSentimentClient (default retries) instead of a bare stub.
+flight, and a stream is cancelled with that probability after each message it
+writes, before the answer; those count as cancelled, not failed. `--client
+python`: the unary calls go through the project's AsyncSentimentClient
+(default retries) instead of a bare stub.
 
 Every `--interval-s` (10 s) it samples the front-end's, Triton's and Triton's
 Python backend stubs' RSS (/proc/PID/status VmRSS), open file descriptors
 (/proc/PID/fd) and threads, with the calls, errors and p50/p99 of the interval.
 After the warm-up (default: the first 60 s or 10 % of the run, whichever is
 shorter) it reports the growth of RSS and fds (first sample after the warm-up
-vs the last, and a least-squares slope per minute), prints it as a table and
+vs the last, the floor of RSS, and a least-squares slope), prints it as a table and
 writes bench/results/soak.json, and a chart of the samples next to it (bench/soak_plot.py:
 soak.png). Exit code 1 when any call failed (130 when
 interrupted without failures).
@@ -249,9 +250,9 @@ def percentile_ms(values: list[float], q: float) -> float | None:
 
 
 class Load:
-    """The callers. `cancel_fraction` of unary calls are cancelled at a random moment in flight, and as
-    many streams are cancelled with a message in flight; `python_client`: unary calls go through the
-    project's `AsyncSentimentClient` (its default retries) instead of a bare stub."""
+    """The callers. `cancel_fraction` of unary calls are cancelled at a random moment in flight, and a stream
+    is cancelled with that chance after each message, its answer still to come; `python_client`: unary calls
+    go through the project's `AsyncSentimentClient` (its default retries) instead of a bare stub."""
 
     def __init__(
         self,
@@ -335,12 +336,12 @@ class Load:
     async def stream_caller(self, stub: Any, until: float, stop: asyncio.Event) -> None:
         """Streams of STREAM_MESSAGES messages, one in flight; each message's round trip is one call.
 
-        `cancel_fraction` of the streams are cancelled right after writing a random message, unanswered.
+        After each message written, with probability `cancel_fraction`, the stream is cancelled before its
+        answer comes (most streams end that way).
         """
         pb = self.pb
         while time.monotonic() < until and not stop.is_set():
             call = stub.ClassifyStream(timeout=max(self.timeout_s, 5 * 60))
-            cancel_at = self.rng.randrange(STREAM_MESSAGES) if self.rng.random() < self.cancel_fraction else None
             cancelled = False
             try:
                 for i in range(STREAM_MESSAGES):
@@ -349,7 +350,7 @@ class Load:
                     request = self._classify_request()
                     started = time.monotonic()
                     await call.write(pb.ClassifyStreamRequest(request=request, correlation_id=str(i)))
-                    if i == cancel_at:
+                    if self.rng.random() < self.cancel_fraction:
                         cancelled = True
                         break
                     response = await asyncio.wait_for(call.read(), self.timeout_s)
@@ -912,7 +913,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cancel-fraction",
         type=float,
         default=0.05,
-        help="share of unary calls cancelled in flight, and of streams cancelled mid-way (0.05)",
+        help="share of unary calls cancelled in flight; a stream's chance to be cancelled after each message (0.05)",
     )
     p.add_argument(
         "--client",
