@@ -75,7 +75,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from procs import HOST, SENTIMENT_SERVER, FrontEnd, children, free_port
+from procs import HOST, SENTIMENT_SERVER, FrontEnd, children
 from soak_plot import plot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -427,7 +427,6 @@ class SupervisedUp(FrontEnd):
         env: Mapping[str, str] | None = None,
         stop_timeout_s: float = 40.0,
     ) -> None:
-        self.metrics_port = free_port()
         self.log_path = log_dir / "up.log"
         self.stop_timeout_s = stop_timeout_s  # up drains (10 s) and then stops Triton (up to 10 s)
         self._log = self.log_path.open("w")
@@ -439,7 +438,7 @@ class SupervisedUp(FrontEnd):
             "--port",
             "0",
             "--metrics-port",
-            str(self.metrics_port),
+            "0",  # any free port, read from its log: a port chosen here could be the one up then gives Triton
             "--model-repository",
             str(repository),
             "--triton-max-restarts",
@@ -458,6 +457,10 @@ class SupervisedUp(FrontEnd):
         )
         try:
             self.target = self._read_target(timeout_s=300)
+            ports = re.findall(r"metrics on http://[^ ]+:(\d+)/metrics", self.log_path.read_text(errors="replace"))
+            if not ports:
+                raise RuntimeError(f"up did not log its metrics port; see {self.log_path}")
+            self.metrics_port = int(ports[-1])
         except BaseException:  # SIGTERM/Ctrl-C while it starts: it must not outlive us
             self.stop()
             raise

@@ -19,7 +19,7 @@ import torch
 from numpy.typing import NDArray
 from sentiment_server import model_artifact as ma
 from sentiment_server.backend.triton_distribution import check_libpython, find_distribution, prepare_backend_dir
-from sentiment_server.backend.triton_process import EmbeddedTriton, TritonLaunchError
+from sentiment_server.backend.triton_process import EmbeddedTriton, TritonLaunchError, free_ports
 from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
 from sentiment_server.tooling.export import export_model
 
@@ -31,6 +31,14 @@ TEXTS = [
     "ok",
     "Crème brûlée, 東京, and a rather long sentence to make the lengths differ quite a bit more.",
 ]
+
+
+def test_ports_chosen_together_are_different() -> None:
+    # Ports asked for one at a time can come back the same (Linux hands a just-freed port out again):
+    # Triton then refused to start with its gRPC and metrics ports equal.
+    for _ in range(20):
+        ports = free_ports(2)
+        assert len(set(ports)) == 2
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ __all__ = [
     "child_pids",
     "describe_exit",
     "free_port",
+    "free_ports",
     "remove_stale_shared_memory",
 ]
 
@@ -129,13 +130,24 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
+    """`count` different TCP ports free on `host` right now (the usual small race with others applies).
+
+    All are held while they are chosen: ports asked for one at a time may come back the same.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port free on `host` right now (the usual small race applies)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1, host)[0]
 
 
 def _format_host(host: str) -> str:
@@ -278,8 +290,9 @@ class EmbeddedTriton:
         check_repository(self.model_repository, backend_dir)
         remove_stale_shared_memory()
 
-        self.grpc_port = self._grpc_port_arg or free_port(self.host)
-        self.metrics_port = self._metrics_port_arg or free_port(self.host)
+        spare = free_ports(2, self.host)
+        self.grpc_port = self._grpc_port_arg or spare[0]
+        self.metrics_port = self._metrics_port_arg or next(port for port in spare if port != self.grpc_port)
         if self._log_dir_arg is not None:
             self._log_dir_arg.mkdir(parents=True, exist_ok=True)
             log_dir = self._log_dir_arg
