@@ -293,6 +293,13 @@ def test_a_model_without_segment_ids_gets_pairs_without_them(server: InProcessSe
         ({"pairs": [pb.TextPair(text="a", text_pair="  ")]}, "pairs[0].text_pair is empty"),
         ({"pairs": [pb.TextPair(text="a", text_pair="b"), pb.TextPair(text_pair="b")]}, "pairs[1].text is empty"),
         ({"pairs": [pb.TextPair(text="a", text_pair="b")], "texts": ["c"]}, "set texts or pairs, not both"),
+        (
+            {
+                "pairs": [pb.TextPair(text="a", text_pair="b"), pb.TextPair(text="long " * 60, text_pair="b")],
+                "truncation": pb.TruncationOptions(strategy=pb.TRUNCATION_STRATEGY_REJECT),
+            },
+            "pairs [1] exceed 48 tokens and truncation strategy is REJECT",
+        ),
     ],
 )
 def test_bad_pairs_are_refused_before_the_model(

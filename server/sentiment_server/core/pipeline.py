@@ -144,8 +144,9 @@ class ClassificationPipeline:
         if truncation is Truncation.REJECT:
             too_long = [i for i, e in enumerate(encoded) if e.truncated]
             if too_long:
+                field_name = "texts" if isinstance(texts[0], str) else "pairs"
                 raise InvalidInput(
-                    f"texts {too_long[:10]} exceed {max_length} tokens and truncation strategy is REJECT"
+                    f"{field_name} {too_long[:10]} exceed {max_length} tokens and truncation strategy is REJECT"
                 )
         if window_stride is not None:
             self._check_windows(encoded)
