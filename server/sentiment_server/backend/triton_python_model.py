@@ -12,6 +12,9 @@ a pass costs `batch_overhead_tokens` plus its padded tokens); without that
 parameter (GPU) they run right-padded to the longest in ONE pass. The logits
 go back to each request in its own row order. A bad request gets its own
 error response; it never fails the others or crashes the stub.
+
+A model that takes segment ids (model_info.json's "inputs", else the config's
+inputs, name `token_type_ids`) gets them as a third input, padded with 0.
 """
 
 import json
@@ -25,6 +28,8 @@ import triton_python_backend_utils as pb_utils
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"
+BASE_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 DEFAULT_OUTPUT = "logits__0"
 MODEL_FILE = "model.pt"
 INFO_FILE = "model_info.json"
@@ -53,6 +58,18 @@ def plan_groups(lengths, max_texts, max_tokens, overhead_tokens):
         sizes.append(j - cut[j])
         j = cut[j]
     return sizes[::-1]
+
+
+def _stack(parts, pad):
+    """The requests' [rows, length] arrays as one, each right-padded with `pad` to the widest."""
+    if len(parts) == 1:
+        return parts[0]
+    out = np.full((sum(p.shape[0] for p in parts), max(p.shape[1] for p in parts)), pad, dtype=np.int64)
+    start = 0
+    for part in parts:
+        out[start : start + part.shape[0], : part.shape[1]] = part
+        start += part.shape[0]
+    return out
 
 
 class _BadRequest(ValueError):
@@ -112,6 +129,9 @@ class TritonPythonModel:
         self.pad_token_id = int(info.get("pad_token_id", 0))
         self.max_length = int(info["max_length"]) if "max_length" in info else None
         self.vocab_size = int(extra["vocab_size"]) if "vocab_size" in extra else None
+        inputs = info.get("inputs") or [i.get("name") for i in config.get("input", [])]
+        self.takes_token_type_ids = TOKEN_TYPE_IDS in inputs
+        self.type_vocab_size = int(extra["type_vocab_size"]) if "type_vocab_size" in extra else None
 
         with warnings.catch_warnings():  # torch >= 2.10: "`torch.jit.load` is deprecated"
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -123,7 +143,7 @@ class TritonPythonModel:
         started = time.perf_counter()
         ids = np.full((1, 8), self.pad_token_id, dtype=np.int64)
         mask = np.ones((1, 8), dtype=np.int64)
-        self._forward([ids], [mask])
+        self._forward([ids], [mask], [np.zeros_like(ids)] if self.takes_token_type_ids else None)
         self.logger.log_info(
             f"{self.model_name}: loaded {MODEL_FILE} on {self.device} "
             f"(torch {torch.__version__} from {os.path.dirname(torch.__file__)}, "
@@ -132,8 +152,10 @@ class TritonPythonModel:
         )
 
     def _read(self, request):
+        """(input_ids, attention_mask, token_type_ids or None), checked; _BadRequest says what is wrong."""
+        names = (*BASE_INPUTS, TOKEN_TYPE_IDS) if self.takes_token_type_ids else BASE_INPUTS
         arrays = []
-        for name in (INPUT_IDS, ATTENTION_MASK):
+        for name in names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise _BadRequest(f"missing input {name!r}")
@@ -141,9 +163,10 @@ class TritonPythonModel:
             if array.ndim != 2:
                 raise _BadRequest(f"{name} must be [batch, length], got shape {list(array.shape)}")
             arrays.append(array.astype(np.int64, copy=False))
-        ids, mask = arrays
-        if ids.shape != mask.shape:
-            raise _BadRequest(f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} differ in shape")
+        ids, mask = arrays[0], arrays[1]
+        for name, array in zip(names[1:], arrays[1:], strict=True):
+            if array.shape != ids.shape:
+                raise _BadRequest(f"input_ids {list(ids.shape)} and {name} {list(array.shape)} differ in shape")
         rows, length = ids.shape
         if rows < 1 or length < 1:
             raise _BadRequest(f"empty input of shape {list(ids.shape)}")
@@ -155,21 +178,21 @@ class TritonPythonModel:
             raise _BadRequest("attention_mask must hold only 0 and 1")
         if not mask.any(axis=1).all():
             raise _BadRequest("every text needs at least one token with attention_mask 1")
-        return ids, mask
+        types = arrays[2] if self.takes_token_type_ids else None
+        if types is not None:
+            top = self.type_vocab_size
+            if types.min() < 0 or (top is not None and types.max() >= top):
+                raise _BadRequest(f"token_type_ids must be in [0, {top})" if top else "token_type_ids must be >= 0")
+        return ids, mask, types
 
-    def _forward(self, ids_list, mask_list):
-        """Run the rows of every request (sorted and grouped, or in one pass); logits per request (float32)."""
-        if len(ids_list) == 1:
-            ids, mask = ids_list[0], mask_list[0]
-        else:  # ragged requests: right-pad to the widest
-            widest = max(part.shape[1] for part in ids_list)
-            ids = np.full((sum(part.shape[0] for part in ids_list), widest), self.pad_token_id, dtype=np.int64)
-            mask = np.zeros_like(ids)
-            start = 0
-            for part_ids, part_mask in zip(ids_list, mask_list, strict=True):
-                ids[start : start + len(part_ids), : part_ids.shape[1]] = part_ids
-                mask[start : start + len(part_ids), : part_ids.shape[1]] = part_mask
-                start += len(part_ids)
+    def _forward(self, ids_list, mask_list, types_list=None):
+        """Run the rows of every request (sorted and grouped, or in one pass); logits per request (float32).
+
+        `types_list`: each request's token_type_ids, for a model that takes them.
+        """
+        ids = _stack(ids_list, self.pad_token_id)
+        mask = _stack(mask_list, 0)
+        types = None if types_list is None else _stack(types_list, 0)
         # A row's length: up to its last attended token; columns past it change nothing.
         lengths = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
         if self.overhead_tokens < 0:
@@ -181,17 +204,17 @@ class TritonPythonModel:
         logits = None
         for rows in passes:
             width = int(lengths[rows].max())
-            out = self._run(ids[rows, :width], mask[rows, :width])
+            out = self._run(ids[rows, :width], mask[rows, :width], None if types is None else types[rows, :width])
             if logits is None:
                 logits = np.empty((len(lengths), out.shape[1]), dtype=np.float32)
             logits[rows] = out
         return np.split(logits, np.cumsum([len(i) for i in ids_list])[:-1])
 
-    def _run(self, ids, mask):
-        ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
-        mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)).to(self.device)
+    def _run(self, ids, mask, types):
+        arrays = (ids, mask) if types is None else (ids, mask, types)
+        tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device) for a in arrays]
         with torch.inference_mode(), torch.jit.optimized_execution(False):
-            return self.model(ids, mask).float().cpu().numpy()
+            return self.model(*tensors).float().cpu().numpy()
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -205,9 +228,10 @@ class TritonPythonModel:
                 responses[index] = _error(f"cannot read the request: {exc}", invalid=True)
 
         if good:
+            types_list = [g[3] for g in good] if self.takes_token_type_ids else None
             try:
-                outputs = self._forward([g[1] for g in good], [g[2] for g in good])
-                for (index, _, _), logits in zip(good, outputs, strict=True):
+                outputs = self._forward([g[1] for g in good], [g[2] for g in good], types_list)
+                for (index, *_), logits in zip(good, outputs, strict=True):
                     responses[index] = self._response(logits)
             except Exception as exc:
                 if len(good) == 1:
@@ -215,9 +239,10 @@ class TritonPythonModel:
                 else:
                     # Find the culprit: each request alone.
                     self.logger.log_warn(f"{self.model_name}: batched forward failed ({exc}); retrying one by one")
-                    for index, ids, mask in good:
+                    for index, ids, mask, types in good:
                         try:
-                            responses[index] = self._response(self._forward([ids], [mask])[0])
+                            one_types = None if types is None else [types]
+                            responses[index] = self._response(self._forward([ids], [mask], one_types)[0])
                         except Exception as one_exc:
                             responses[index] = _error(f"inference failed: {one_exc}", invalid=False)
         return responses

@@ -1,7 +1,8 @@
-"""Load a Hugging Face checkpoint for export: fp32 model, labels, limits, tokenizer.json, fingerprint.
+"""Load a Hugging Face checkpoint for export: fp32 model, labels, limits, inputs, tokenizer.json, fingerprint.
 
 `load_checkpoint` reads a Hub id or checkpoint directory into a `Checkpoint`
-with everything the artifact records about it; `compute_fingerprint`
+with everything the artifact records about it (`model_inputs`: whether the
+model takes segment ids); `compute_fingerprint`
 identifies what an export of it would hold, so a re-export can tell the same
 model from a different one.
 
@@ -11,12 +12,13 @@ Requires the `export` extra (torch, transformers).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..model_artifact import classification_function
+from ..model_artifact import BASE_INPUTS, TOKEN_TYPE_IDS, classification_function
 from .export_error import ExportError
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ class Checkpoint:
     max_length: int
     pad_token_id: int
     tokenizer_json: str
+    inputs: tuple[str, ...]  # the traced forward()'s arguments, in order (model_inputs)
 
 
 def load_checkpoint(source: str) -> Checkpoint:
@@ -83,7 +86,19 @@ def load_checkpoint(source: str) -> Checkpoint:
         max_length=max_length,
         pad_token_id=int(pad_token_id),
         tokenizer_json=standalone_tokenizer_json(tokenizer),
+        inputs=model_inputs(tokenizer, model),
     )
+
+
+def model_inputs(tokenizer: Any, model: Any) -> tuple[str, ...]:
+    """input_ids, attention_mask, and token_type_ids when the tokenizer produces them and the model takes them.
+
+    RoBERTa's forward() takes token_type_ids but its tokenizer never makes
+    them (one segment type); DistilBERT's forward() has none.
+    """
+    produced = TOKEN_TYPE_IDS in getattr(tokenizer, "model_input_names", ())
+    accepted = TOKEN_TYPE_IDS in inspect.signature(model.forward).parameters
+    return (*BASE_INPUTS, TOKEN_TYPE_IDS) if produced and accepted else BASE_INPUTS
 
 
 def standalone_tokenizer_json(hf_tokenizer: Any) -> str:
@@ -112,8 +127,13 @@ def compute_fingerprint(
     backend: str,
     max_length: int,
     pad_token_id: int,
+    inputs: Sequence[str] = BASE_INPUTS,
 ) -> str:
-    """sha256 over the fp32 weights, labels, problem type, tokenizer, dtype, backend."""
+    """sha256 over the fp32 weights, labels, problem type, tokenizer, dtype, backend, model inputs.
+
+    The inputs count only when they are not the base two, so that exports of
+    two-input models keep their fingerprints.
+    """
     import torch
 
     digest = hashlib.sha256(FINGERPRINT_SCHEME)
@@ -132,6 +152,8 @@ def compute_fingerprint(
         "max_length": max_length,
         "pad_token_id": pad_token_id,
     }
+    if tuple(inputs) != BASE_INPUTS:
+        meta["inputs"] = list(inputs)
     digest.update(json.dumps(meta, sort_keys=True).encode())
     digest.update(b"\0tokenizer.json\0")
     digest.update(tokenizer_json)

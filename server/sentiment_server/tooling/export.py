@@ -1,9 +1,11 @@
 """Checkpoint -> Triton model repository (one artifact for both backends).
 
 `export_model` loads a Hugging Face sequence-classification checkpoint (Hub id
-or local directory), traces a wrapper `forward(input_ids, attention_mask) ->
-logits` with TorchScript, checks the trace against the eager fp32 model, and
-only then writes the layout described in `model_artifact`:
+or local directory), traces a wrapper `forward(input_ids, attention_mask[,
+token_type_ids]) -> logits` with TorchScript (token_type_ids when the
+checkpoint's tokenizer produces them and its model takes them), checks the
+trace against the eager fp32 model, and only then writes the layout described
+in `model_artifact`:
 
     <repository>/<model_name>/config.pbtxt
     <repository>/<model_name>/1/model.pt, model.py (python backend),
@@ -78,6 +80,7 @@ def export_model(
         device=device,
         torch_threads=torch_threads,
         dtype=dtype,
+        inputs=ckpt.inputs,
     )
 
     target = model_dir(repository, model_name)
@@ -144,6 +147,7 @@ def _fingerprint(ckpt: Checkpoint, *, dtype: str, backend: str) -> str:
         backend=backend,
         max_length=ckpt.max_length,
         pad_token_id=ckpt.pad_token_id,
+        inputs=ckpt.inputs,
     )
 
 
@@ -205,7 +209,7 @@ def _model_info(
     dtype: str,
     demo: bool,
 ) -> ModelInfo:
-    """What model_info.json records: the checkpoint's labels and limits, and how it was exported."""
+    """What model_info.json records: the checkpoint's labels, limits and inputs, and how it was exported."""
     return ModelInfo(
         model_name=model_name,
         source=str(source),
@@ -219,6 +223,7 @@ def _model_info(
         demo=bool(demo or getattr(ckpt.config, "sentiment_server_demo", False)),
         version=VERSION,
         extra=extra,
+        inputs=list(ckpt.inputs),
     )
 
 
@@ -240,11 +245,12 @@ def _write(
         write_weights=functools.partial(save_checked, traced, ckpt=ckpt, device=trace_device),
     )
     logger.info(
-        "exported %s -> %s (backend %s, dtype %s, labels %s, fingerprint %s)",
+        "exported %s -> %s (backend %s, dtype %s, inputs %s, labels %s, fingerprint %s)",
         info.source,
         model_dir(repository, info.model_name),
         info.backend,
         info.dtype,
+        info.inputs,
         info.labels,
         info.fingerprint[:12],
     )

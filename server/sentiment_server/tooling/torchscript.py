@@ -1,10 +1,11 @@
 """Checkpoint -> verified TorchScript: wrap, cast or quantize, trace, check parity, save.
 
-`trace_and_verify` traces a wrapper `forward(input_ids, attention_mask) ->
-float32 logits` in the export's dtype and accepts the trace only when it
-matches the eager fp32 model on a fixed set of texts; `save_checked` writes it
-and checks that the file reproduces it. Nothing here touches the model
-repository.
+`trace_and_verify` traces a wrapper `forward(input_ids, attention_mask[,
+token_type_ids]) -> float32 logits` (the checkpoint's `inputs`) in the
+export's dtype and accepts the trace only when it matches the eager fp32 model
+on a fixed set of texts, and of text pairs for a model that takes segment ids;
+`save_checked` writes it and checks that the file reproduces it. Nothing here
+touches the model repository.
 
 Requires the `export` extra (torch, transformers).
 """
@@ -21,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..model_artifact import ATTENTION_MASK, INPUT_IDS, uses_sigmoid
+from ..model_artifact import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, uses_sigmoid
 from .checkpoint_loading import Checkpoint
 from .export_error import ExportError
 
 if TYPE_CHECKING:
     import torch
+    from tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +54,23 @@ PARITY_TEXTS: tuple[str, ...] = (
 # (first text, count) slices of PARITY_TEXTS: batch sizes 1, 2, 3 and 8,
 # each padded to its own longest text.
 PARITY_BATCHES: tuple[tuple[int, int], ...] = ((3, 1), (0, 2), (5, 3), (0, 8))
+# For models that take segment ids: the second text of each pair has type 1.
+# An empty second text, a long one (the types reach far positions), CJK.
+PARITY_PAIRS: tuple[tuple[str, str], ...] = (
+    ("A man is playing a guitar on stage.", "Someone is performing music."),
+    ("The cat sat on the mat.", ""),
+    ("ok", "The plot was predictable and the acting wooden, yet I could not stop watching. " * 3),
+    ("Crème brûlée à Paris?", "東京 and naïve café-goers, $12.50 per slice!"),
+)
+PARITY_PAIR_BATCHES: tuple[tuple[int, int], ...] = ((0, 1), (0, 4))
 
 
-def _wrapper_class() -> type[Any]:
+def _wrapper_class(inputs: Sequence[str]) -> type[Any]:
+    """The wrapper whose forward() takes exactly `inputs`: the libtorch backend binds inputs by argument name."""
     import torch
 
-    class LogitsModule(torch.nn.Module):
-        """`forward(input_ids, attention_mask) -> float32 logits`.
+    class LogitsBase(torch.nn.Module):
+        """Float32 logits of the wrapped model.
 
         With `mask_4d` the padding mask is handed to the model as an additive
         [batch, 1, 1, length] mask built from the input. transformers 5 builds
@@ -74,26 +86,52 @@ def _wrapper_class() -> type[Any]:
             self.mask_dtype = mask_dtype
             self.mask_min = float(torch.finfo(mask_dtype).min)
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        def logits(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+        ) -> torch.Tensor:
             mask = attention_mask
             if self.mask_4d:
                 keep = attention_mask[:, None, None, :].to(self.mask_dtype)
                 mask = (1.0 - keep) * self.mask_min
-            outputs = self.model(input_ids=input_ids, attention_mask=mask, return_dict=False)
+            segments = {} if token_type_ids is None else {TOKEN_TYPE_IDS: token_type_ids}
+            outputs = self.model(input_ids=input_ids, attention_mask=mask, return_dict=False, **segments)
             logits: torch.Tensor = outputs[0]
             return logits.float()
 
-    return LogitsModule
+    class LogitsModule(LogitsBase):
+        """`forward(input_ids, attention_mask) -> float32 logits`."""
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.logits(input_ids, attention_mask, None)
+
+    class SegmentLogitsModule(LogitsBase):
+        """`forward(input_ids, attention_mask, token_type_ids) -> float32 logits`."""
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> torch.Tensor:
+            return self.logits(input_ids, attention_mask, token_type_ids)
+
+    return SegmentLogitsModule if TOKEN_TYPE_IDS in inputs else LogitsModule
 
 
 @dataclass(frozen=True)
 class _Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None = None  # only for a model that takes them
+
+    def args(self) -> tuple[torch.Tensor, ...]:
+        """The traced forward()'s arguments, in ModelInfo.inputs order."""
+        base = (self.input_ids, self.attention_mask)
+        return base if self.token_type_ids is None else (*base, self.token_type_ids)
 
 
 def _parity_batches(ckpt: Checkpoint, device: torch.device) -> list[_Batch]:
-    """The parity set, tokenized by the HF tokenizer; the exported tokenizer.json must agree."""
+    """The parity set, tokenized by the HF tokenizer; the exported tokenizer.json must agree.
+
+    A model that takes segment ids gets the text pairs too, after the texts.
+    """
     from tokenizers import Tokenizer
 
     standalone = Tokenizer.from_str(ckpt.tokenizer_json)
@@ -101,20 +139,40 @@ def _parity_batches(ckpt: Checkpoint, device: torch.device) -> list[_Batch]:
     pad_token = ckpt.tokenizer.pad_token or ""
     standalone.enable_padding(pad_id=ckpt.pad_token_id, pad_token=pad_token)
 
-    batches: list[_Batch] = []
-    for start, count in PARITY_BATCHES:
-        texts = list(PARITY_TEXTS[start : start + count])
-        enc = ckpt.tokenizer(texts, padding=True, truncation=True, max_length=ckpt.max_length, return_tensors="pt")
-        mine = standalone.encode_batch(texts)
-        if [e.ids for e in mine] != enc["input_ids"].tolist() or [e.attention_mask for e in mine] != enc[
-            "attention_mask"
-        ].tolist():
-            raise ExportError(
-                "the exported tokenizer.json does not reproduce the checkpoint's tokenizer "
-                f"on {texts!r}: it does part of its work outside `tokenizers`, so the front-end cannot reproduce it"
-            )
-        batches.append(_Batch(enc["input_ids"].to(device), enc["attention_mask"].to(device)))
-    return batches
+    groups: list[tuple[list[str], list[str] | None]] = [
+        (list(PARITY_TEXTS[start : start + count]), None) for start, count in PARITY_BATCHES
+    ]
+    if TOKEN_TYPE_IDS in ckpt.inputs:
+        for start, count in PARITY_PAIR_BATCHES:
+            pairs = PARITY_PAIRS[start : start + count]
+            groups.append(([a for a, _ in pairs], [b for _, b in pairs]))
+    return [_encode(ckpt, standalone, texts, text_pairs, device) for texts, text_pairs in groups]
+
+
+def _encode(
+    ckpt: Checkpoint, standalone: Tokenizer, texts: list[str], text_pairs: list[str] | None, device: torch.device
+) -> _Batch:
+    """One padded batch by the HF tokenizer, after checking that `standalone` (tokenizer.json) gives the same."""
+    segments = TOKEN_TYPE_IDS in ckpt.inputs
+    enc = ckpt.tokenizer(
+        texts, text_pairs, padding=True, truncation=True, max_length=ckpt.max_length, return_tensors="pt"
+    )
+    rows = texts if text_pairs is None else list(zip(texts, text_pairs, strict=True))
+    mine = standalone.encode_batch(rows)
+    same = [e.ids for e in mine] == enc[INPUT_IDS].tolist()
+    same = same and [e.attention_mask for e in mine] == enc[ATTENTION_MASK].tolist()
+    if segments:
+        same = same and [e.type_ids for e in mine] == enc[TOKEN_TYPE_IDS].tolist()
+    if not same:
+        raise ExportError(
+            "the exported tokenizer.json does not reproduce the checkpoint's tokenizer "
+            f"on {rows!r}: it does part of its work outside `tokenizers`, so the front-end cannot reproduce it"
+        )
+    return _Batch(
+        enc[INPUT_IDS].to(device),
+        enc[ATTENTION_MASK].to(device),
+        enc[TOKEN_TYPE_IDS].to(device) if segments else None,
+    )
 
 
 def trace_and_verify(
@@ -139,7 +197,7 @@ def trace_and_verify(
         model = copy.deepcopy(reference_model).to(torch_dtype)
     else:
         model = reference_model
-    wrapper_cls = _wrapper_class()
+    wrapper_cls = _wrapper_class(ckpt.inputs)
     failures: list[str] = []
     for mask_4d in (True, False):
         wrapper = wrapper_cls(model, mask_4d=mask_4d, mask_dtype=torch_dtype).eval()
@@ -170,6 +228,9 @@ def trace_and_verify(
             "transformers_version": _transformers_version(),
             "vocab_size": str(ckpt.model.get_input_embeddings().num_embeddings),
         }
+        type_vocab_size = getattr(ckpt.config, "type_vocab_size", None)
+        if TOKEN_TYPE_IDS in ckpt.inputs and type_vocab_size:
+            extra["type_vocab_size"] = str(int(type_vocab_size))  # model.py checks the segment ids against it
         return traced, extra
     raise ExportError("the TorchScript trace does not match the eager model: " + "; ".join(failures))
 
@@ -194,7 +255,10 @@ def _quantize_dynamic(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _as_kwargs(batch: _Batch) -> dict[str, torch.Tensor]:
-    return {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask}
+    kwargs = {INPUT_IDS: batch.input_ids, ATTENTION_MASK: batch.attention_mask}
+    if batch.token_type_ids is not None:
+        kwargs[TOKEN_TYPE_IDS] = batch.token_type_ids
+    return kwargs
 
 
 @contextmanager
@@ -215,7 +279,7 @@ def _trace(wrapper: torch.nn.Module, batches: Sequence[_Batch]) -> torch.jit.Scr
         # incorrect": the parity check below is what decides.
         warnings.simplefilter("ignore", category=getattr(torch.jit, "TracerWarning", Warning))
         trace: Callable[..., Any] = torch.jit.trace  # untyped in torch's stubs
-        traced = trace(wrapper, (example.input_ids, example.attention_mask), check_trace=False)
+        traced = trace(wrapper, example.args(), check_trace=False)
     assert isinstance(traced, torch.jit.ScriptModule)
     return traced
 
@@ -234,7 +298,7 @@ def _check_parity(
     worst_prob = 0.0
     for batch, ref in zip(batches, references, strict=True):
         with torch.inference_mode():
-            got = traced(batch.input_ids, batch.attention_mask)
+            got = traced(*batch.args())
         shape = tuple(batch.input_ids.shape)
         if got.shape != ref.shape or got.dtype != torch.float32:
             raise ExportError(
@@ -295,10 +359,8 @@ def save_checked(traced: torch.jit.ScriptModule, path: Path, ckpt: Checkpoint, d
     load: Callable[..., Any] = torch.jit.load  # untyped in torch's stubs
     with _quiet_torchscript():
         loaded = load(str(path), map_location=device)
-    batch = _parity_batches(ckpt, device)[-1]
+    batch = _parity_batches(ckpt, device)[-1]  # the pairs, for a model that takes segment ids
     with torch.inference_mode():
-        diff = float(
-            (loaded(batch.input_ids, batch.attention_mask) - traced(batch.input_ids, batch.attention_mask)).abs().max()
-        )
+        diff = float((loaded(*batch.args()) - traced(*batch.args())).abs().max())
     if diff > SAVED_MAX_ABS_DIFF:
         raise ExportError(f"{path} does not reproduce the verified trace (max |diff| {diff:.3g})")

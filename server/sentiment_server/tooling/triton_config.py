@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..core.batch_costs import BATCH_OVERHEAD_TOKENS
-from ..model_artifact import ATTENTION_MASK, INPUT_IDS, LOGITS
+from ..model_artifact import BASE_INPUTS, LOGITS
 
 # Triton's dynamic batcher stays on (direct tritonclient users get batches
 # from whatever queues), but never waits: with a delay, two of the front-end's
@@ -22,11 +24,13 @@ def render_config(
     device: str = "cpu",
     torch_threads: int = 0,
     dtype: str = "fp32",
+    inputs: Sequence[str] = BASE_INPUTS,
 ) -> str:
     """Triton's config.pbtxt (protobuf text format) for model.pt on `backend`.
 
-    Both backends take `input_ids` / `attention_mask` (INT64, [batch, length])
-    and give `logits__0` (FP32, [batch, num_labels]). The libtorch backend
+    Both backends take `inputs` (ModelInfo.inputs: `input_ids`,
+    `attention_mask` and maybe `token_type_ids`; INT64, [batch, length]) and
+    give `logits__0` (FP32, [batch, num_labels]). The libtorch backend
     binds inputs by forward() argument name and outputs by the
     `<name>__<index>` convention. The Python backend pads requests itself,
     so its inputs allow ragged batches: the dynamic batcher may then merge
@@ -38,7 +42,7 @@ def render_config(
         f'backend: "{backend}"',
         f"max_batch_size: {max_batch_size}",
         "version_policy: { latest: { num_versions: 1 } }",
-        *_inputs(ragged=backend == "python"),
+        *_inputs(inputs, ragged=backend == "python"),
         *_output(num_labels),
         *_instance_group(instance_count, device),
         *_dynamic_batching(),
@@ -47,10 +51,10 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-def _inputs(*, ragged: bool) -> list[str]:
-    """`input_ids` and `attention_mask`; `ragged` for a backend that pads merged requests itself."""
+def _inputs(names: Sequence[str], *, ragged: bool) -> list[str]:
+    """One INT64 [batch, length] input per name; `ragged` for a backend that pads merged requests itself."""
     lines = ["input ["]
-    for i, name in enumerate((INPUT_IDS, ATTENTION_MASK)):
+    for i, name in enumerate(names):
         lines += [
             "  {",
             f'    name: "{name}"',
@@ -59,7 +63,7 @@ def _inputs(*, ragged: bool) -> list[str]:
         ]
         if ragged:
             lines.append("    allow_ragged_batch: true")
-        lines.append("  }," if i == 0 else "  }")
+        lines.append("  }," if i < len(names) - 1 else "  }")
     lines.append("]")
     return lines
 
