@@ -13,6 +13,13 @@ on two workloads (`short`: about 16 tokens; `mixed`: 10 to 256 tokens). Writes
 bench/results/latest.{json,md,png}. Everything it starts (embedded Triton, the
 front-end) listens on 127.0.0.1 and is stopped by pid on the way out.
 
+`--workloads long` (not in the default set: it takes minutes more) measures
+texts of 500 to 5,000 tokens as sliding windows, the service's WINDOW with its
+defaults (windows of the model's 512 tokens, stride 127, MEAN): the `limit`
+row is the tokenizer's overflow windows batched through model.pt in-process
+(texts/s at the best batch size of windows), against `service_unary` (one
+text per Classify call, concurrency 1 and 16).
+
 The machine may be shared: each measurement waits for other people's
 processes to leave the CPUs alone and is repeated when they did not (see
 machine.Quiet); the `foreign_cpu` note says how many cores others used anyway.
@@ -62,7 +69,7 @@ class Plan:
     turns: float  # window >= this many times one call's expected latency
     c1_seconds: dict[str, float]  # Triton direct and service, text by text, at concurrency 1
     quiet: tuple[int, float, float]  # attempts per measurement, longest wait for quiet, total wait budget
-    unary_concurrency: tuple[int, ...] = (1, 16, 64)
+    unary_concurrency: tuple[int, ...] = (1, 16, 64)  # long: 1 and 16 (skipped below)
     batch_texts: int = 32
     batch_concurrency: int = 2
     stream_window: int = 64
@@ -72,31 +79,37 @@ class Plan:
     skip: frozenset[str] = field(default_factory=frozenset)  # "workload:cell" left out
 
 
+# long: limit batch sizes count windows; its samples are whole blocks of 16 texts (the corpus's mix of
+# lengths); no pipeline row (it would cut each text at 512 tokens); c1_seconds: its service_unary c1 window.
 QUICK = Plan(
     name="quick",
-    limit_batches={"short": (32, 64), "mixed": (4,)},
-    limit_sample={"short": 256, "mixed": 64},
+    limit_batches={"short": (32, 64), "mixed": (4,), "long": (1, 4)},
+    limit_sample={"short": 256, "mixed": 64, "long": 16},
     pipeline_batches={"short": (32,), "mixed": (1,)},
     pipeline_sample={"short": 128, "mixed": 24},
     min_measure_s=3.0,
     turns=3.0,
-    c1_seconds={"short": 6.0, "mixed": 5.0},
+    c1_seconds={"short": 6.0, "mixed": 5.0, "long": 10.0},
     quiet=(2, 5.0, 20.0),
     other_dtypes=("int8",),
-    skip=frozenset({"mixed:service_unary:16", "mixed:triton_batch", "mixed:triton_direct:64", "mixed:service_stream"}),
+    skip=frozenset(
+        {"mixed:service_unary:16", "mixed:triton_batch", "mixed:triton_direct:64", "mixed:service_stream"}
+        | {"long:service_unary:64"}
+    ),
 )
 FULL = Plan(
     name="full",
-    limit_batches={"short": (16, 32, 64, 128), "mixed": (2, 4, 8, 16)},
-    limit_sample={"short": 512, "mixed": 96},
+    limit_batches={"short": (16, 32, 64, 128), "mixed": (2, 4, 8, 16), "long": (1, 2, 4, 8)},
+    limit_sample={"short": 512, "mixed": 96, "long": 32},
     pipeline_batches={"short": (8, 32, 64), "mixed": (1, 4, 8)},
     pipeline_sample={"short": 256, "mixed": 48},
     min_measure_s=8.0,
     turns=5.0,
-    c1_seconds={"short": 20.0, "mixed": 30.0},
+    c1_seconds={"short": 20.0, "mixed": 30.0, "long": 30.0},
     quiet=(3, 30.0, 240.0),
     other_dtypes=("int8", "bf16"),
     limit_unsorted=True,
+    skip=frozenset({"long:service_unary:64"}),
 )
 MAX_FOREIGN_CORES = 0.15  # a measurement during which others used more is repeated
 
@@ -203,9 +216,12 @@ async def networked(
     def row(path: str, concurrency: int, texts: int, m: Measurement, **notes: Any) -> None:
         rows.append(Row.of(path, name, concurrency, texts, m, dtype, **notes))
 
-    async def service_unary(c: int, turns: float | None = None) -> None:
+    async def service_unary(c: int, turns: float | None = None, min_s: float = 0.0) -> None:
         log.info("%s: service, %d callers, one text each (%s)", name, c, dtype)
-        m, notes = await cell.measure(partial(service.measure, c, 1, *window(plan, rate, c, turns)))
+        warmup_s, measure_s = window(plan, rate, c, turns)
+        m, notes = await cell.measure(partial(service.measure, c, 1, warmup_s, max(measure_s, min_s)))
+        if workload.windowed and "texts_per_batch" in notes:  # the coalescer's rows are windows
+            notes["windows_per_batch"] = notes.pop("texts_per_batch")
         row("service_unary", c, 1, m, **notes)
 
     async def service_batch(turns: float | None = None) -> None:
@@ -215,6 +231,16 @@ async def networked(
         row("service_batch", callers, texts, m, **notes)
 
     try:
+        if workload.windowed:
+            # Long texts: only one text per call as windows compares with the windowed limit
+            # (Triton direct would need windowing of its own; the pipeline cuts at 512 tokens).
+            await service.measure(2, 1, 0.0, 2.0)  # warm-up: a few windows through every process
+            if throughput_only:
+                await service_unary(max(wanted), turns=2.0)
+                return rows
+            for c in wanted:  # at concurrency 1 a text takes seconds: c1_seconds keeps enough of them
+                await service_unary(c, min_s=plan.c1_seconds[name] if c == 1 else 0.0)
+            return rows
         # Warm-up: every process has run a few batches before anything is timed.
         await direct.measure(4, 1, 0.0, 1.0)
         await service.measure(16, 1, 0.0, 1.0)
@@ -265,6 +291,20 @@ def limit_row(
     batch_sizes: tuple[int, ...] | None = None,
 ) -> Row:
     v = models.version_dir(repository)
+    if workload.windowed:  # texts/s; the batch sizes count windows
+        best = inprocess.window_limit(
+            v / "model.pt",
+            v / "tokenizer.json",
+            workload,
+            batch_sizes or plan.limit_batches[workload.name],
+            plan.limit_sample[workload.name],
+            clean=clean,
+        )
+        return Row.of(
+            "limit", workload.name, 1, best.batch_size, best.measurement, dtype, batch_size=best.batch_size,
+            padding=round(best.padding or 0.0, 3), tried=best.tried, windows_per_text=best.windows_per_text,
+            window=best.window, stride=best.stride, foreign_cpu=best.measurement.foreign_cpu,
+        )  # fmt: skip
     best = inprocess.limit(
         v / "model.pt",
         v / "tokenizer.json",
@@ -312,8 +352,9 @@ def measure_all(
     for w in workloads:
         log.info("%s: limit (%s)", w.name, dtype)
         rows.append(limit_row(repository, w, dtype, plan, clean))
-        log.info("%s: transformers pipeline (fp32)", w.name)
-        rows.append(pipeline_row(w, plan, clean))
+        if w.name in plan.pipeline_batches:  # not long: the pipeline would cut each text at 512 tokens
+            log.info("%s: transformers pipeline (fp32)", w.name)
+            rows.append(pipeline_row(w, plan, clean))
     with Processes(repository, log_dir, serve_args=serve_args) as procs:
         for w in workloads:
             rows += asyncio.run(networked(procs, w, dtype, plan, quiet, limit_of(dtype, w.name).sentences_per_s))
@@ -348,7 +389,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dtype", default="auto", choices=("auto", *DTYPES),
         help="dtype of the limit, Triton and service rows (auto: fp16 on a GPU, bf16 with AMX, else fp32)",
     )  # fmt: skip
-    parser.add_argument("--workloads", default="short,mixed", help="comma-separated: short, mixed")
+    parser.add_argument(
+        "--workloads", default="short,mixed",
+        help="comma-separated: short, mixed, long (long: 500-5,000 tokens as sliding windows, minutes more)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.{json,md,png} go")
     parser.add_argument("--export-arg", action="append", default=[], help="extra `sentiment-server export` flag")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `sentiment-server serve` flag")
