@@ -18,7 +18,10 @@ texts of 500 to 5,000 tokens as sliding windows, the service's WINDOW with its
 defaults (windows of the model's 512 tokens, stride 127, MEAN): the `limit`
 row is the tokenizer's overflow windows batched through model.pt in-process
 (texts/s at the best batch size of windows), against `service_unary` (one
-text per Classify call, concurrency 1 and 16).
+text per Classify call, concurrency 1 and 16). On a CPU, 16 long texts queue
+more than serve's `--triton-timeout-s` (30 s), which caps a call's whole time
+in the front-end, queue included: calls then fail with DEADLINE_EXCEEDED and the
+run stops; `--serve-arg=--triton-timeout-s=300` lets them finish.
 
 The machine may be shared: each measurement waits for other people's
 processes to leave the CPUs alone and is repeated when they did not (see
@@ -413,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     workloads = [corpus.build(name, tokenizer_json) for name in args.workloads.split(",")]
     for w in workloads:
         log.info("workload %s", w.describe())
+    if any(w.windowed for w in workloads) and not any("triton-timeout-s" in a for a in args.serve_arg):
+        log.warning(
+            "long: serve's --triton-timeout-s (30 s) caps a call's time, queue included; on a CPU "
+            "16 long texts queue more: consider --serve-arg=--triton-timeout-s=300"
+        )
     try:
         rows = measure_all(args, plan, dtype, workloads, quiet)
     except KeyboardInterrupt:
