@@ -14,13 +14,11 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
-from fake_backend import InProcessServer, fake_info, fake_logits
+from fake_backend import InProcessServer, fake_logits, fake_model
 from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 from sentiment_client import AsyncSentimentClient, Classification, SentimentClient, SentimentError, TokenizedText
 from sentiment_client.cli import main
-from sentiment_server.core.inference import ServedModel
-from sentiment_server.core.tokenization import TextTokenizer
 from sentiment_server.tooling.checkpoints import bundled_tokenizer_file
 from tokenizers import Tokenizer
 
@@ -31,7 +29,7 @@ PAIRS = [
     ("I love it", "so do I"),
     ("ok", LONG),
 ]
-TYPE_IDS_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+TYPE_IDS_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 Floats = npt.NDArray[np.float64]
 
 
@@ -270,11 +268,10 @@ def test_window_is_refused_for_pairs_through_the_client(client: SentimentClient)
 
 def test_segment_ids_for_a_model_that_takes_them(client: SentimentClient) -> None:
     assert client.model_info().inputs == ("input_ids", "attention_mask")
-    tokenizer = TextTokenizer(bundled_tokenizer_file(), 128, pad_token_id=0, type_ids=True)
-    model = ServedModel(fake_info(inputs=TYPE_IDS_INPUTS), tokenizer)
+    model = fake_model(max_length=128, inputs=TYPE_IDS_INPUTS)
     reference = _reference(128)
     with InProcessServer(model=model) as server, SentimentClient(server.target) as bert:
-        assert bert.model_info().inputs == tuple(TYPE_IDS_INPUTS)
+        assert bert.model_info().inputs == TYPE_IDS_INPUTS
         tokenized = bert.tokenize_pairs(PAIRS[:2])
         result = bert.classify_pairs(PAIRS[:2], return_logits=True)
         (single,) = bert.tokenize("I love it")
