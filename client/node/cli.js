@@ -6,7 +6,9 @@
 //   node client/node/cli.js classify --window [--stride N] [--aggregation mean|mean_logits|max]
 //                                    [--return-windows] TEXT...
 //   node client/node/cli.js classify TEXT --pair TEXT_PAIR [TEXT --pair TEXT_PAIR ...]   (one --pair per TEXT)
-//   node client/node/cli.js [--target HOST:PORT] info
+//   node client/node/cli.js [--target HOST:PORT] info [--model NAME]
+//   node client/node/cli.js [--target HOST:PORT] models            (the served models, JSON)
+//   (classify and info take --model NAME: a name from `models`; unset, the server's default model)
 //   node client/node/cli.js [--target HOST:PORT] health [--service NAME]   (exit 0 if SERVING)
 //
 // Connection flags fall back to SENTIMENT_TARGET, SENTIMENT_API_KEY, SENTIMENT_TIMEOUT,
@@ -18,10 +20,10 @@ const { SentimentClient } = require('./sentiment');
 
 const USAGE = `usage: cli.js [--target HOST:PORT] [--api-key KEY] [--timeout SECONDS]
               [--tls] [--ca-cert FILE] [--cert FILE] [--key FILE]
-              classify [--json] [--top-k N] [--logits] [--max-length N]
+              classify [--json] [--model NAME] [--top-k N] [--logits] [--max-length N]
                        [--window [--stride N] [--aggregation mean|mean_logits|max] [--return-windows]]
                        [--pair TEXT_PAIR]... TEXT...
-              | info | health [--service NAME]`;
+              | info [--model NAME] | models | health [--service NAME]`;
 
 const OPTIONS = {
   target: { type: 'string' },
@@ -32,6 +34,7 @@ const OPTIONS = {
   cert: { type: 'string' },
   key: { type: 'string' },
   json: { type: 'boolean', default: false },
+  model: { type: 'string', default: '' },
   'top-k': { type: 'string', default: '0' },
   logits: { type: 'boolean', default: false },
   'max-length': { type: 'string', default: '0' },
@@ -91,7 +94,12 @@ function classifyArgs(texts, values) {
   if (values.pair && values.pair.length !== texts.length) {
     throw new UsageError(`--pair given ${values.pair.length} times for ${texts.length} texts: give one per TEXT`);
   }
-  const options = { topK: count(values, 'top-k'), returnLogits: values.logits, maxLength: count(values, 'max-length') };
+  const options = {
+    model: values.model,
+    topK: count(values, 'top-k'),
+    returnLogits: values.logits,
+    maxLength: count(values, 'max-length'),
+  };
   if (values.pair) return { pairs: texts.map((text, i) => [text, values.pair[i]]), options };
   if (!values.window) return { options };
   return {
@@ -116,7 +124,10 @@ async function run(command, args, values, client) {
       return 0;
     }
     case 'info':
-      console.log(JSON.stringify(await client.modelInfo(), null, 2));
+      console.log(JSON.stringify(await client.modelInfo({ model: values.model }), null, 2));
+      return 0;
+    case 'models':
+      console.log(JSON.stringify(await client.listModels(), null, 2));
       return 0;
     case 'health': {
       const status = await client.health(values.service);

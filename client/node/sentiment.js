@@ -1,6 +1,6 @@
 'use strict';
 // Node.js client for sentiment.v1.SentimentService (Classify, Tokenize,
-// GetModelInfo) and the standard grpc.health.v1 Health/Check.
+// GetModelInfo, ListModels) and the standard grpc.health.v1 Health/Check.
 //
 //   const { SentimentClient } = require('./sentiment');
 //   const client = new SentimentClient('127.0.0.1:50051');
@@ -15,6 +15,12 @@
 //
 //   await client.classify([longText], { truncation: 'window', stride: 64, aggregation: 'max', returnWindows: true });
 //   await client.classifyPairs([['A man is eating.', 'Someone eats.']]);
+//
+// Every call that uses a model takes a `model` option (a name from listModels();
+// '' or unset: the server's default model; an unknown name fails with NOT_FOUND):
+//
+//   const { models, default_model } = await client.listModels();
+//   await client.classify(['I love it'], { model: models[0].name });
 
 const fs = require('node:fs');
 const path = require('node:path');
@@ -84,32 +90,45 @@ function textPairs(pairs) {
 }
 
 /** The ClassifyRequest for texts; truncation 'window' takes stride, aggregation and returnWindows. */
-function classifyRequest(texts, { topK = 0, returnLogits = false, returnWindows = false, ...truncation } = {}) {
+function classifyRequest(
+  texts,
+  { topK = 0, returnLogits = false, returnWindows = false, model = '', ...truncation } = {},
+) {
   return {
     texts: [].concat(texts),
     top_k: topK,
     return_logits: returnLogits,
     truncation: truncationOptions(truncation),
     return_windows: returnWindows,
+    model,
   };
 }
 
 /** The ClassifyRequest for [text, textPair] pairs (truncation 'truncate' or 'reject'; windows are refused). */
-function classifyPairsRequest(pairs, { topK = 0, returnLogits = false, maxLength = 0, truncation = 'truncate' } = {}) {
+function classifyPairsRequest(
+  pairs,
+  { topK = 0, returnLogits = false, maxLength = 0, truncation = 'truncate', model = '' } = {},
+) {
   return {
     pairs: textPairs(pairs),
     top_k: topK,
     return_logits: returnLogits,
     truncation: truncationOptions({ maxLength, truncation }),
+    model,
   };
 }
 
-function tokenizeRequest(texts, { pad = false, maxLength = 0, truncation = 'truncate', stride } = {}) {
-  return { texts: [].concat(texts), pad, truncation: truncationOptions({ maxLength, truncation, stride }) };
+function tokenizeRequest(texts, { pad = false, maxLength = 0, truncation = 'truncate', stride, model = '' } = {}) {
+  return { texts: [].concat(texts), pad, truncation: truncationOptions({ maxLength, truncation, stride }), model };
 }
 
-function tokenizePairsRequest(pairs, { pad = false, maxLength = 0, truncation = 'truncate' } = {}) {
-  return { pairs: textPairs(pairs), pad, truncation: truncationOptions({ maxLength, truncation }) };
+function tokenizePairsRequest(pairs, { pad = false, maxLength = 0, truncation = 'truncate', model = '' } = {}) {
+  return { pairs: textPairs(pairs), pad, truncation: truncationOptions({ maxLength, truncation }), model };
+}
+
+/** The GetModelInfoRequest: `model` '' is the server's default model. */
+function modelInfoRequest({ model = '' } = {}) {
+  return { model };
 }
 
 function loadServices(contractRoot = CONTRACT_ROOT) {
@@ -164,20 +183,21 @@ class SentimentClient {
 
   /**
    * Classify one text or many; resolves to a ClassifyResponse (results in request order).
-   * Options: topK, returnLogits, maxLength, truncation ('truncate' | 'reject' | 'window'),
-   * and with 'window': stride (unset: a quarter of a window's text tokens),
+   * Options: model ('' or unset: the server's default), topK, returnLogits, maxLength,
+   * truncation ('truncate' | 'reject' | 'window'), and with 'window':
+   * stride (unset: a quarter of a window's text tokens),
    * aggregation ('mean' | 'mean_logits' | 'max'; unset: the server's default, mean) and returnWindows.
    */
   async classify(texts, { timeoutMs, ...options } = {}) {
     return this._unary(this.stub, 'Classify', classifyRequest(texts, options), timeoutMs);
   }
 
-  /** Classify [text, textPair] pairs, one result per pair. Options: topK, returnLogits, maxLength, truncation. */
+  /** Classify [text, textPair] pairs, one result each. Options: model, topK, returnLogits, maxLength, truncation. */
   async classifyPairs(pairs, { timeoutMs, ...options } = {}) {
     return this._unary(this.stub, 'Classify', classifyPairsRequest(pairs, options), timeoutMs);
   }
 
-  /** Options: pad, maxLength, truncation, stride; with 'window' each result's `overflowing` holds its other windows. */
+  /** Options: model, pad, maxLength, truncation, stride; with 'window' `overflowing` holds the other windows. */
   async tokenize(texts, { timeoutMs, ...options } = {}) {
     return this._unary(this.stub, 'Tokenize', tokenizeRequest(texts, options), timeoutMs);
   }
@@ -186,8 +206,17 @@ class SentimentClient {
     return this._unary(this.stub, 'Tokenize', tokenizePairsRequest(pairs, options), timeoutMs);
   }
 
-  modelInfo({ timeoutMs } = {}) {
-    return this._unary(this.stub, 'GetModelInfo', {}, timeoutMs);
+  /** A GetModelInfoResponse for `model` ('' or unset: the server's default model). */
+  async modelInfo({ timeoutMs, ...options } = {}) {
+    return this._unary(this.stub, 'GetModelInfo', modelInfoRequest(options), timeoutMs);
+  }
+
+  /**
+   * A ListModelsResponse: `models` sorted by name, each { name, model_version, labels, source_checkpoint, ready },
+   * and `default_model`, the one that answers calls without `model`.
+   */
+  async listModels({ timeoutMs } = {}) {
+    return this._unary(this.stub, 'ListModels', {}, timeoutMs);
   }
 
   /** grpc.health.v1 status name: "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN". */
@@ -209,5 +238,6 @@ module.exports = {
   classifyPairsRequest,
   tokenizeRequest,
   tokenizePairsRequest,
+  modelInfoRequest,
   DEFAULT_TARGET,
 };

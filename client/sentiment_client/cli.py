@@ -1,4 +1,4 @@
-"""Command-line client for the sentiment service: classify, tokenize, info, health."""
+"""Command-line client for the sentiment service: classify, tokenize, info, models, health."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from .client import SentimentClient, Truncation
 from .errors import SentimentError
 from .options import ClientOptions
-from .types import ClassifyResult, ModelInfo, TokenizedText
+from .types import ClassifyResult, ModelInfo, ModelList, TokenizedText
 
 DEMO_NOTE = "note: demo model with random weights; labels are meaningless"
 TEXT_WIDTH = 40
@@ -60,8 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_input_args(tokenize)
     tokenize.add_argument("--pad", action="store_true", help="pad to the longest text")
 
-    info = commands.add_parser("info", help="describe the served model")
+    info = commands.add_parser("info", help="describe a served model (the default one unless --model)")
     info.add_argument("--json", action="store_true", help="print JSON")
+    _add_model_arg(info)
+
+    models = commands.add_parser("models", help="list the served models (* marks the default one)")
+    models.add_argument("--json", action="store_true", help="print JSON")
 
     health = commands.add_parser("health", help="exit 0 if SERVING, else 1")
     health.add_argument("--service", default="", help="service name ('' = whole server)")
@@ -75,10 +79,17 @@ def _non_negative(value: str) -> int:
     return number
 
 
+def _add_model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="", metavar="NAME", help="the model to use (see `models`; default: the server's default)"
+    )
+
+
 def _add_input_args(parser: argparse.ArgumentParser) -> None:
-    """Texts, pairs and truncation: what classify and tokenize share."""
+    """Texts, pairs, truncation and the model: what classify and tokenize share."""
     parser.add_argument("texts", nargs="+", metavar="TEXT")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    _add_model_arg(parser)
     parser.add_argument(
         "--pair",
         action="append",
@@ -205,16 +216,28 @@ def _print_info(info: ModelInfo) -> None:
         print(DEMO_NOTE)
 
 
-def _is_demo(client: SentimentClient) -> bool:
+def _print_models(models: ModelList) -> None:
+    """One row per model, the default one marked with `*`."""
+    rows = [["", "NAME", "VERSION", "READY", "LABELS", "SOURCE"]]
+    for m in models.models:
+        default = "*" if m.name == models.default_model else ""
+        ready = "yes" if m.ready else "no"
+        rows.append([default, m.name, m.model_version, ready, ",".join(m.labels), m.source_checkpoint])
+    _print_table(rows)
+
+
+def _is_demo(client: SentimentClient, model: str) -> bool:
     try:
-        return client.model_info().demo
+        return client.model_info(model=model).demo
     except SentimentError:
         return False  # the note is best-effort
 
 
 def _classify(client: SentimentClient, args: argparse.Namespace, pairs: list[tuple[str, str]] | None) -> ClassifyResult:
     if pairs is not None:
-        return client.classify_pairs(pairs, top_k=args.top_k, return_logits=args.logits, max_length=args.max_length)
+        return client.classify_pairs(
+            pairs, top_k=args.top_k, return_logits=args.logits, max_length=args.max_length, model=args.model
+        )
     truncation: Truncation = "window" if args.window else "truncate"
     return client.classify(
         args.texts,
@@ -225,6 +248,7 @@ def _classify(client: SentimentClient, args: argparse.Namespace, pairs: list[tup
         stride=args.stride,
         aggregation=args.aggregation,
         return_windows=args.return_windows,
+        model=args.model,
     )
 
 
@@ -232,10 +256,15 @@ def _tokenize(
     client: SentimentClient, args: argparse.Namespace, pairs: list[tuple[str, str]] | None
 ) -> list[TokenizedText]:
     if pairs is not None:
-        return client.tokenize_pairs(pairs, pad=args.pad, max_length=args.max_length)
+        return client.tokenize_pairs(pairs, pad=args.pad, max_length=args.max_length, model=args.model)
     truncation: Truncation = "window" if args.window else "truncate"
     return client.tokenize(
-        args.texts, pad=args.pad, max_length=args.max_length, truncation=truncation, stride=args.stride
+        args.texts,
+        pad=args.pad,
+        max_length=args.max_length,
+        truncation=truncation,
+        stride=args.stride,
+        model=args.model,
     )
 
 
@@ -246,7 +275,7 @@ def _run(client: SentimentClient, args: argparse.Namespace, pairs: list[tuple[st
             _print_json(dataclasses.asdict(result))
         else:
             _print_classify(args.texts, pairs, result, args)
-            if _is_demo(client):
+            if _is_demo(client, args.model):
                 print(DEMO_NOTE)
     elif args.command == "tokenize":
         results = _tokenize(client, args, pairs)
@@ -255,11 +284,17 @@ def _run(client: SentimentClient, args: argparse.Namespace, pairs: list[tuple[st
         else:
             _print_tokens(results, args.pad)
     elif args.command == "info":
-        info = client.model_info()
+        info = client.model_info(model=args.model)
         if args.json:
             _print_json(dataclasses.asdict(info))
         else:
             _print_info(info)
+    elif args.command == "models":
+        models = client.list_models()
+        if args.json:
+            _print_json(dataclasses.asdict(models))
+        else:
+            _print_models(models)
     elif args.command == "health":
         status = client.health(args.service)
         print(status)

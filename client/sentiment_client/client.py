@@ -18,7 +18,7 @@ from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 from .errors import SentimentError
 from .options import ClientOptions, create_aio_channel, create_channel
 from .retry import remaining_s, retry_delay
-from .types import ClassifyResult, ModelInfo, TokenizedText
+from .types import ClassifyResult, ModelInfo, ModelList, TokenizedText
 
 if TYPE_CHECKING:
     from typing import Self
@@ -81,6 +81,7 @@ def _classify_request(
     return_logits: bool,
     truncation: pb.TruncationOptions,
     return_windows: bool = False,
+    model: str = "",
 ) -> pb.ClassifyRequest:
     return pb.ClassifyRequest(
         texts=_texts(texts),
@@ -89,13 +90,14 @@ def _classify_request(
         return_logits=return_logits,
         truncation=truncation,
         return_windows=return_windows,
+        model=model,
     )
 
 
 def _tokenize_request(
-    texts: Texts = (), *, pairs: TextPairs = (), pad: bool, truncation: pb.TruncationOptions
+    texts: Texts = (), *, pairs: TextPairs = (), pad: bool, truncation: pb.TruncationOptions, model: str = ""
 ) -> pb.TokenizeRequest:
-    return pb.TokenizeRequest(texts=_texts(texts), pairs=_pairs(pairs), pad=pad, truncation=truncation)
+    return pb.TokenizeRequest(texts=_texts(texts), pairs=_pairs(pairs), pad=pad, truncation=truncation, model=model)
 
 
 def _status_name(response: health_pb2.HealthCheckResponse) -> str:
@@ -113,6 +115,8 @@ class SentimentClient:
 
     Unary calls retry on UNAVAILABLE (see `ClientOptions`) within one overall deadline:
     `timeout` per call, else `options.timeout_s`. Failures raise `SentimentError`.
+    `model` names one of the server's models (`list_models`); "" is its default model, and an
+    unknown name raises `SentimentError` with code NOT_FOUND.
     """
 
     def __init__(self, target: str | None = None, *, options: ClientOptions | None = None) -> None:
@@ -161,6 +165,7 @@ class SentimentClient:
         stride: int | None = None,
         aggregation: Aggregation | None = None,
         return_windows: bool = False,
+        model: str = "",
         timeout: float | None = None,
     ) -> ClassifyResult:
         """One result per text. `stride`, `aggregation` and `return_windows` apply to truncation "window"."""
@@ -170,6 +175,7 @@ class SentimentClient:
             return_logits=return_logits,
             truncation=_truncation(max_length, truncation, stride, aggregation),
             return_windows=return_windows,
+            model=model,
         )
         return self._classify(request, timeout)
 
@@ -181,11 +187,16 @@ class SentimentClient:
         return_logits: bool = False,
         max_length: int = 0,
         truncation: PairTruncation = "truncate",
+        model: str = "",
         timeout: float | None = None,
     ) -> ClassifyResult:
         """One result per (text, text_pair), each pair one sequence (NLI, cross-encoders)."""
         request = _classify_request(
-            pairs=pairs, top_k=top_k, return_logits=return_logits, truncation=_truncation(max_length, truncation)
+            pairs=pairs,
+            top_k=top_k,
+            return_logits=return_logits,
+            truncation=_truncation(max_length, truncation),
+            model=model,
         )
         return self._classify(request, timeout)
 
@@ -204,6 +215,7 @@ class SentimentClient:
         stride: int | None = None,
         aggregation: Aggregation | None = None,
         return_windows: bool = False,
+        model: str = "",
         timeout: float | None = None,
     ) -> Iterator[ClassifyResult]:
         """One result per batch of texts, in order, over one ClassifyStream call.
@@ -219,6 +231,7 @@ class SentimentClient:
                     return_logits=return_logits,
                     truncation=options,
                     return_windows=return_windows,
+                    model=model,
                 ),
                 correlation_id=str(i),
             )
@@ -241,10 +254,11 @@ class SentimentClient:
         max_length: int = 0,
         truncation: Truncation = "truncate",
         stride: int | None = None,
+        model: str = "",
         timeout: float | None = None,
     ) -> list[TokenizedText]:
         """The ids Classify sees; with truncation "window" each result's `overflowing` holds its other windows."""
-        request = _tokenize_request(texts, pad=pad, truncation=_truncation(max_length, truncation, stride))
+        request = _tokenize_request(texts, pad=pad, truncation=_truncation(max_length, truncation, stride), model=model)
         return self._tokenize(request, timeout)
 
     def tokenize_pairs(
@@ -254,19 +268,26 @@ class SentimentClient:
         pad: bool = False,
         max_length: int = 0,
         truncation: PairTruncation = "truncate",
+        model: str = "",
         timeout: float | None = None,
     ) -> list[TokenizedText]:
-        request = _tokenize_request(pairs=pairs, pad=pad, truncation=_truncation(max_length, truncation))
+        request = _tokenize_request(pairs=pairs, pad=pad, truncation=_truncation(max_length, truncation), model=model)
         return self._tokenize(request, timeout)
 
     def _tokenize(self, request: pb.TokenizeRequest, timeout: float | None) -> list[TokenizedText]:
         response: pb.TokenizeResponse = self._unary(self._stub.Tokenize, request, timeout)
         return [TokenizedText.from_proto(t) for t in response.results]
 
-    def model_info(self, *, timeout: float | None = None) -> ModelInfo:
-        request = pb.GetModelInfoRequest()
+    def model_info(self, *, model: str = "", timeout: float | None = None) -> ModelInfo:
+        """The named model (`model` "": the server's default)."""
+        request = pb.GetModelInfoRequest(model=model)
         response: pb.GetModelInfoResponse = self._unary(self._stub.GetModelInfo, request, timeout)
         return ModelInfo.from_proto(response)
+
+    def list_models(self, *, timeout: float | None = None) -> ModelList:
+        """Every model the server serves, sorted by name, and its default one."""
+        response: pb.ListModelsResponse = self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return ModelList.from_proto(response)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """grpc.health.v1 status name: "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN"."""
@@ -326,6 +347,7 @@ class AsyncSentimentClient:
         stride: int | None = None,
         aggregation: Aggregation | None = None,
         return_windows: bool = False,
+        model: str = "",
         timeout: float | None = None,
     ) -> ClassifyResult:
         request = _classify_request(
@@ -334,6 +356,7 @@ class AsyncSentimentClient:
             return_logits=return_logits,
             truncation=_truncation(max_length, truncation, stride, aggregation),
             return_windows=return_windows,
+            model=model,
         )
         return await self._classify(request, timeout)
 
@@ -345,10 +368,15 @@ class AsyncSentimentClient:
         return_logits: bool = False,
         max_length: int = 0,
         truncation: PairTruncation = "truncate",
+        model: str = "",
         timeout: float | None = None,
     ) -> ClassifyResult:
         request = _classify_request(
-            pairs=pairs, top_k=top_k, return_logits=return_logits, truncation=_truncation(max_length, truncation)
+            pairs=pairs,
+            top_k=top_k,
+            return_logits=return_logits,
+            truncation=_truncation(max_length, truncation),
+            model=model,
         )
         return await self._classify(request, timeout)
 
@@ -367,6 +395,7 @@ class AsyncSentimentClient:
         stride: int | None = None,
         aggregation: Aggregation | None = None,
         return_windows: bool = False,
+        model: str = "",
         timeout: float | None = None,
     ) -> AsyncIterator[ClassifyResult]:
         """Async version of `SentimentClient.classify_stream`; `requests` may be async."""
@@ -383,6 +412,7 @@ class AsyncSentimentClient:
                     return_logits=return_logits,
                     truncation=options,
                     return_windows=return_windows,
+                    model=model,
                 )
                 yield pb.ClassifyStreamRequest(request=request, correlation_id=str(i))
                 i += 1
@@ -404,9 +434,10 @@ class AsyncSentimentClient:
         max_length: int = 0,
         truncation: Truncation = "truncate",
         stride: int | None = None,
+        model: str = "",
         timeout: float | None = None,
     ) -> list[TokenizedText]:
-        request = _tokenize_request(texts, pad=pad, truncation=_truncation(max_length, truncation, stride))
+        request = _tokenize_request(texts, pad=pad, truncation=_truncation(max_length, truncation, stride), model=model)
         return await self._tokenize(request, timeout)
 
     async def tokenize_pairs(
@@ -416,19 +447,24 @@ class AsyncSentimentClient:
         pad: bool = False,
         max_length: int = 0,
         truncation: PairTruncation = "truncate",
+        model: str = "",
         timeout: float | None = None,
     ) -> list[TokenizedText]:
-        request = _tokenize_request(pairs=pairs, pad=pad, truncation=_truncation(max_length, truncation))
+        request = _tokenize_request(pairs=pairs, pad=pad, truncation=_truncation(max_length, truncation), model=model)
         return await self._tokenize(request, timeout)
 
     async def _tokenize(self, request: pb.TokenizeRequest, timeout: float | None) -> list[TokenizedText]:
         response: pb.TokenizeResponse = await self._unary(self._stub.Tokenize, request, timeout)
         return [TokenizedText.from_proto(t) for t in response.results]
 
-    async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
-        request = pb.GetModelInfoRequest()
+    async def model_info(self, *, model: str = "", timeout: float | None = None) -> ModelInfo:
+        request = pb.GetModelInfoRequest(model=model)
         response: pb.GetModelInfoResponse = await self._unary(self._stub.GetModelInfo, request, timeout)
         return ModelInfo.from_proto(response)
+
+    async def list_models(self, *, timeout: float | None = None) -> ModelList:
+        response: pb.ListModelsResponse = await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return ModelList.from_proto(response)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         request = health_pb2.HealthCheckRequest(service=service)

@@ -175,3 +175,40 @@ class ModelInfo:
             demo=msg.demo,
             inputs=tuple(msg.inputs),
         )
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One served model, as ListModels describes it: pass `name` as a call's `model`."""
+
+    name: str
+    model_version: str  # the version answering new requests now
+    labels: tuple[str, ...]  # in id order, for that version
+    source_checkpoint: str
+    ready: bool  # whether Triton has that version ready now
+
+    @classmethod
+    def from_proto(cls, msg: pb.ModelSummary) -> ModelSummary:
+        return cls(
+            name=msg.name,
+            model_version=msg.model_version,
+            labels=tuple(msg.labels),
+            source_checkpoint=msg.source_checkpoint,
+            ready=msg.ready,
+        )
+
+
+@dataclass(frozen=True)
+class ModelList:
+    """The models a server serves, sorted by name, and the one that answers an empty `model`."""
+
+    models: tuple[ModelSummary, ...]
+    default_model: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    @classmethod
+    def from_proto(cls, msg: pb.ListModelsResponse) -> ModelList:
+        return cls(models=tuple(ModelSummary.from_proto(m) for m in msg.models), default_model=msg.default_model)

@@ -27,6 +27,8 @@ from sentiment_client import (
     ClientOptions,
     LabelScore,
     ModelInfo,
+    ModelList,
+    ModelSummary,
     SentimentClient,
     SentimentError,
     TokenizedText,
@@ -36,6 +38,14 @@ from sentiment_client.cli import DEMO_NOTE, main
 from sentiment_client.retry import backoff_s
 
 LABELS = ("NEGATIVE", "POSITIVE")
+TOPICS = ("sports", "politics")
+MODELS = pb.ListModelsResponse(
+    models=[
+        pb.ModelSummary(name="fake", model_version="1", labels=LABELS, source_checkpoint="fake-ckpt", ready=True),
+        pb.ModelSummary(name="topics", model_version="3", labels=TOPICS, source_checkpoint="/ckpt/topics"),
+    ],
+    default_model="fake",
+)
 
 
 def _classification(text: str) -> pb.Classification:
@@ -86,13 +96,22 @@ def _tokenized(words: list[str], pair: list[str] | None = None, type_ids: list[i
 
 @dataclass
 class FakeServicer(pb_grpc.SentimentServiceServicer):
-    """Classify fails UNAVAILABLE `fail_first` times (every time if negative), then succeeds."""
+    """Classify fails UNAVAILABLE `fail_first` times (every time if negative), then succeeds.
+
+    A request naming a model that `MODELS` does not list fails NOT_FOUND, as the server's do.
+    """
 
     fail_first: int = 0
     fail_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     calls: int = 0
     metadata: list[dict[str, str]] = field(default_factory=list)
     requests: list[pb.ClassifyRequest | pb.TokenizeRequest] = field(default_factory=list)
+    info_requests: list[pb.GetModelInfoRequest] = field(default_factory=list)
+
+    @staticmethod
+    def _check_model(model: str, context: grpc.ServicerContext) -> None:
+        if model and model not in {m.name for m in MODELS.models}:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no model named {model!r}")
 
     def _record(self, context: grpc.ServicerContext) -> str:
         self.calls += 1
@@ -105,6 +124,7 @@ class FakeServicer(pb_grpc.SentimentServiceServicer):
 
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.ClassifyResponse:
         self.requests.append(request)
+        self._check_model(request.model, context)
         return _classify_response(request, self._record(context))
 
     def ClassifyStream(
@@ -112,11 +132,13 @@ class FakeServicer(pb_grpc.SentimentServiceServicer):
     ) -> Iterator[pb.ClassifyStreamResponse]:
         for item in request_iterator:
             self.requests.append(item.request)
+            self._check_model(item.request.model, context)
             response = _classify_response(item.request, f"stream-{item.correlation_id}")
             yield pb.ClassifyStreamResponse(response=response, correlation_id=item.correlation_id)
 
     def Tokenize(self, request: pb.TokenizeRequest, context: grpc.ServicerContext) -> pb.TokenizeResponse:
         self.requests.append(request)
+        self._check_model(request.model, context)
         self._record(context)
         results = [_tokenized(t.split()) for t in request.texts]
         for p in request.pairs:  # segment ids as a model that takes them gets them
@@ -128,8 +150,10 @@ class FakeServicer(pb_grpc.SentimentServiceServicer):
         return pb.TokenizeResponse(results=results)
 
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.GetModelInfoResponse:
+        self.info_requests.append(request)
+        self._check_model(request.model, context)
         return pb.GetModelInfoResponse(
-            model_name="fake",
+            model_name=request.model or MODELS.default_model,
             model_version="1",
             labels=LABELS,
             max_sequence_length=512,
@@ -138,6 +162,9 @@ class FakeServicer(pb_grpc.SentimentServiceServicer):
             dtype="fp32",
             demo=True,
         )
+
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        return MODELS
 
 
 @pytest.fixture(autouse=True)
@@ -495,6 +522,71 @@ def test_stream_and_async_send_the_same_requests(fake: FakeServicer, target: str
     assert [(p.text, p.text_pair) for p in tokenize_pairs.pairs] == [("a", "b")]
 
 
+# --- models: `model` on every call, ListModels --------------------------------------------
+
+
+def test_model_list_from_proto() -> None:
+    models = ModelList.from_proto(MODELS)
+    assert models.default_model == "fake" and models.names == ("fake", "topics")
+    assert models.models[1] == ModelSummary(
+        name="topics", model_version="3", labels=TOPICS, source_checkpoint="/ckpt/topics", ready=False
+    )
+    assert models.models[0].ready is True and models.models[0].labels == LABELS
+    assert ModelList.from_proto(pb.ListModelsResponse()) == ModelList(models=(), default_model="")
+
+
+def _models_sent(fake: FakeServicer) -> list[str]:
+    return [r.model for r in fake.requests]
+
+
+def test_model_reaches_every_request(fake: FakeServicer, target: str) -> None:
+    with SentimentClient(target) as client:
+        client.classify(["a"])  # no model: "" on the wire, the server's default
+        assert client.classify(["a"], model="topics", truncation="window").results[0].num_windows == 2
+        client.classify_pairs([("a", "b")], model="topics")
+        list(client.classify_stream([["a"], ["b"]], model="topics"))
+        client.tokenize("a", model="topics")
+        client.tokenize_pairs([("a", "b")], model="topics")
+        assert client.model_info().model_name == "fake"
+        assert client.model_info(model="topics").model_name == "topics"
+        assert client.list_models() == ModelList.from_proto(MODELS)
+    assert _models_sent(fake) == ["", *["topics"] * 6]
+    assert [type(r) for r in fake.requests[-2:]] == [pb.TokenizeRequest, pb.TokenizeRequest]
+    assert [r.model for r in fake.info_requests] == ["", "topics"]
+
+
+def test_async_model_reaches_every_request(fake: FakeServicer, target: str) -> None:
+    async def run() -> ModelList:
+        async with AsyncSentimentClient(target) as client:
+            await client.classify(["a"], model="topics")
+            await client.classify_pairs([("a", "b")], model="topics")
+            assert len([r async for r in client.classify_stream([["a"], ["b"]], model="topics")]) == 2
+            await client.tokenize("a", model="topics", truncation="window")
+            await client.tokenize_pairs([("a", "b")], model="topics")
+            await client.tokenize("a")
+            assert (await client.model_info(model="topics")).model_name == "topics"
+            return await client.list_models()
+
+    models = asyncio.run(run())
+    assert _models_sent(fake) == [*["topics"] * 6, ""]
+    assert [r.model for r in fake.info_requests] == ["topics"]
+    assert models.names == ("fake", "topics") and models.default_model == "fake"
+
+
+def test_unknown_model_is_not_found_and_not_retried(fake: FakeServicer, target: str) -> None:
+    with SentimentClient(options=_options(target)) as client:
+        for call in (
+            lambda: client.classify(["a"], model="nope"),
+            lambda: client.tokenize("a", model="nope"),
+            lambda: client.model_info(model="nope"),
+        ):
+            with pytest.raises(SentimentError) as info:
+                call()
+            assert info.value.code == grpc.StatusCode.NOT_FOUND
+            assert "nope" in info.value.message
+    assert _models_sent(fake) == ["nope", "nope"]  # one attempt each
+
+
 # --- CLI ---------------------------------------------------------------------------------
 
 
@@ -623,3 +715,44 @@ def test_cli_refuses_bad_window_and_pair_flags(
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert fake.requests == []
+
+
+def test_cli_model_flag_reaches_the_requests(
+    fake: FakeServicer, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--target", target, "classify", "--model", "topics", "I love it"]) == 0
+    assert main(["--target", target, "classify", "a", "--pair", "b", "--model", "topics"]) == 0
+    assert main(["--target", target, "tokenize", "--model", "topics", "--json", "a b"]) == 0
+    assert main(["--target", target, "tokenize", "a", "--pair", "b", "--model", "topics"]) == 0
+    assert main(["--target", target, "classify", "--json", "x"]) == 0
+    assert _models_sent(fake) == [*["topics"] * 4, ""]
+    capsys.readouterr()
+    assert main(["--target", target, "info", "--json", "--model", "topics"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_name"] == "topics"
+    # The demo note after a table asks about the model that answered (two tables: two checks).
+    assert [r.model for r in fake.info_requests] == ["topics", "topics", "topics"]
+
+
+def test_cli_unknown_model_exits_2(fake: FakeServicer, target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--target", target, "classify", "--model", "nope", "x"]) == 2
+    assert capsys.readouterr().err == "error: NOT_FOUND: no model named 'nope'\n"
+    assert main(["--target", target, "info", "--model", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: NOT_FOUND:")
+
+
+def test_cli_models(target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--target", target, "models", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["default_model"] == "fake"
+    assert out["models"][1] == {
+        "name": "topics",
+        "model_version": "3",
+        "labels": list(TOPICS),
+        "source_checkpoint": "/ckpt/topics",
+        "ready": False,
+    }
+    assert main(["--target", target, "models"]) == 0
+    header, fake_row, topics_row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["NAME", "VERSION", "READY", "LABELS", "SOURCE"]
+    assert fake_row.split() == ["*", "fake", "1", "yes", "NEGATIVE,POSITIVE", "fake-ckpt"]
+    assert topics_row.split() == ["topics", "3", "no", "sports,politics", "/ckpt/topics"]

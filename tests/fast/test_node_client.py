@@ -7,13 +7,16 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 from fake_backend import FakeBackend, InProcessServer, fake_model
 from google.protobuf.message import Message
 from sentiment.v1 import sentiment_pb2 as pb
+from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 from sentiment_client import SentimentClient, SentimentError
 from sentiment_server.model_artifact import MULTI_LABEL
 
@@ -130,11 +133,13 @@ const sentiment = require('./client/node/sentiment');
 const { main } = require('./client/node/cli');
 const service = sentiment.loadServices().SentimentService.service;
 const METHODS = { classifyRequest: 'Classify', classifyPairsRequest: 'Classify', tokenizeRequest: 'Tokenize',
-                  tokenizePairsRequest: 'Tokenize' };
+                  tokenizePairsRequest: 'Tokenize', modelInfoRequest: 'GetModelInfo' };
 const encode = (method, request) => service[method].requestSerialize(request).toString('base64');
 const scores = [{ label: 'POSITIVE', score: 0.75, label_id: 1 }, { label: 'NEGATIVE', score: 0.25, label_id: 0 }];
 
-function answer(request) {
+function answer(method, request) {
+  if (method === 'ListModels') return { models: [{ name: 'fake', ready: true }], default_model: 'fake' };
+  if (method === 'GetModelInfo') return { model_name: request.model || 'fake' };
   const window = request.truncation.strategy === 'TRUNCATION_STRATEGY_WINDOW';
   const windows = request.return_windows ? [[0, 6], [4, 10]].map(([s, e]) =>
     ({ scores, start_token: s, end_token: e, num_tokens: e - s + 2 })) : [];
@@ -145,10 +150,11 @@ function answer(request) {
 }
 
 async function cli(argv) {
-  const run = { requests: [], out: [], err: [] };
+  const run = { requests: [], methods: [], out: [], err: [] };
   sentiment.SentimentClient.prototype._unary = async (stub, method, request) => {
     run.requests.push(encode(method, request));
-    return answer(request);
+    run.methods.push(method);
+    return answer(method, request);
   };
   const [log, error] = [console.log, console.error];
   console.log = (...args) => run.out.push(args.join(' '));
@@ -165,7 +171,8 @@ async function cli(argv) {
   const input = JSON.parse(require('node:fs').readFileSync(0, 'utf8'));
   const build = (input.build || []).map(([name, first, options]) => {
     try {
-      return encode(METHODS[name], sentiment[name](first, options));
+      // A null first argument: a builder that takes only options (modelInfoRequest).
+      return encode(METHODS[name], first === null ? sentiment[name](options) : sentiment[name](first, options));
     } catch (error) {
       return { error: error.message };
     }
@@ -357,3 +364,111 @@ def test_windows_and_pairs_match_the_python_client(node: str, service: InProcess
         _same_classification(mine, theirs)
     for mine, theirs in zip(got_pairs["results"], want_pairs.results, strict=True):
         _same_classification(mine, theirs)
+
+
+# --- models: the `model` option, listModels ----------------------------------------------
+
+
+def test_node_sends_the_model_in_every_request(node: str) -> None:
+    named = {"model": "topics"}
+    got = node_harness(
+        node,
+        build=[
+            ["classifyRequest", ["a"], {}],
+            ["classifyRequest", ["a"], {**named, "truncation": "window", "stride": 2}],
+            ["classifyPairsRequest", [["p", "h"]], named],
+            ["tokenizeRequest", "a", named],
+            ["tokenizePairsRequest", [["p", "h"]], named],
+            ["modelInfoRequest", None, named],
+            ["modelInfoRequest", None, {}],
+        ],
+    )["build"]
+    plain, window, pairs, tokenize, tokenize_pairs, info, default_info = got
+    assert decode(pb.ClassifyRequest, plain).model == ""
+    request = decode(pb.ClassifyRequest, window)
+    assert request.model == "topics"
+    assert truncation_fields(request.truncation) == (pb.TRUNCATION_STRATEGY_WINDOW, 0, 2, 0)
+    assert decode(pb.ClassifyRequest, pairs).model == "topics"
+    assert decode(pb.TokenizeRequest, tokenize).model == "topics"
+    assert decode(pb.TokenizeRequest, tokenize_pairs).model == "topics"
+    assert decode(pb.GetModelInfoRequest, info).model == "topics"
+    assert decode(pb.GetModelInfoRequest, default_info).model == ""
+
+
+def test_node_cli_model_flag_and_models_command(node: str) -> None:
+    runs = node_harness(
+        node,
+        cli=[
+            ["classify", "--model", "topics", "--json", "x"],
+            ["classify", "a", "--pair", "b", "--model", "topics"],
+            ["classify", "x"],
+            ["info", "--model", "topics"],
+            ["info"],
+            ["models"],
+        ],
+    )["cli"]
+    for run in runs:
+        assert run["code"] == 0, run["err"]
+    classify, pairs, plain, info, default_info, models = runs
+    assert [decode(pb.ClassifyRequest, r["requests"][0]).model for r in (classify, pairs, plain)] == [
+        "topics",
+        "topics",
+        "",
+    ]
+    assert info["methods"] == ["GetModelInfo"]
+    assert decode(pb.GetModelInfoRequest, info["requests"][0]).model == "topics"
+    assert json.loads(info["out"][0])["model_name"] == "topics"
+    assert decode(pb.GetModelInfoRequest, default_info["requests"][0]).model == ""
+    assert models["methods"] == ["ListModels"]
+    assert json.loads(models["out"][0]) == {"models": [{"name": "fake", "ready": True}], "default_model": "fake"}
+
+
+class ModelsServicer(pb_grpc.SentimentServiceServicer):
+    """Just GetModelInfo and ListModels, two models: what the Node client's wire calls need."""
+
+    MODELS = pb.ListModelsResponse(
+        models=[
+            pb.ModelSummary(name="sentiment", model_version="2", labels=["NEGATIVE", "POSITIVE"], ready=True),
+            pb.ModelSummary(name="topics", model_version="1", labels=list(TOPICS), source_checkpoint="/ckpt/t"),
+        ],
+        default_model="sentiment",
+    )
+
+    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.GetModelInfoResponse:
+        name = request.model or self.MODELS.default_model
+        for summary in self.MODELS.models:
+            if summary.name == name:
+                return pb.GetModelInfoResponse(model_name=name, model_version=summary.model_version)
+        context.abort(grpc.StatusCode.NOT_FOUND, f"no model named {name!r}")
+
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        return self.MODELS
+
+
+@pytest.fixture(scope="module")
+def models_target() -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_SentimentServiceServicer_to_server(ModelsServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None).wait()
+
+
+def test_node_list_models_and_unknown_model_over_grpc(node: str, models_target: str) -> None:
+    models = run_cli(node, models_target, "models")
+    assert models.returncode == 0, models.stderr
+    with SentimentClient(models_target) as client:
+        want = client.list_models()
+    got = json.loads(models.stdout)
+    assert got["default_model"] == want.default_model == "sentiment"
+    assert [
+        (m["name"], m["model_version"], tuple(m["labels"]), m["source_checkpoint"], m["ready"]) for m in got["models"]
+    ] == [(m.name, m.model_version, m.labels, m.source_checkpoint, m.ready) for m in want.models]
+    info = run_cli(node, models_target, "info", "--model", "topics")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["model_name"] == "topics"
+    unknown = run_cli(node, models_target, "info", "--model", "nope")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: NOT_FOUND:"), unknown.stderr
