@@ -8,5 +8,5 @@ out="${1:-client}"
 mkdir -p "$out/sentiment/v1"
 "${PYTHON:-python3}" -m grpc_tools.protoc -I proto \
   --python_out="$out" --grpc_python_out="$out" --pyi_out="$out" \
-  proto/sentiment/v1/sentiment.proto
+  proto/sentiment/v1/sentiment.proto proto/sentiment/v1/admin.proto
 touch "$out/sentiment/__init__.py" "$out/sentiment/v1/__init__.py"

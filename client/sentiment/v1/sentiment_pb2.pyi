@@ -59,20 +59,22 @@ class TextPair(_message.Message):
     def __init__(self, text: _Optional[str] = ..., text_pair: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("texts", "top_k", "return_logits", "truncation", "pairs", "return_windows")
+    __slots__ = ("texts", "top_k", "return_logits", "truncation", "pairs", "return_windows", "model")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
     RETURN_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
     return_logits: bool
     truncation: TruncationOptions
     pairs: _containers.RepeatedCompositeFieldContainer[TextPair]
     return_windows: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., return_logits: _Optional[bool] = ..., truncation: _Optional[_Union[TruncationOptions, _Mapping]] = ..., pairs: _Optional[_Iterable[_Union[TextPair, _Mapping]]] = ..., return_windows: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., return_logits: _Optional[bool] = ..., truncation: _Optional[_Union[TruncationOptions, _Mapping]] = ..., pairs: _Optional[_Iterable[_Union[TextPair, _Mapping]]] = ..., return_windows: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score", "label_id")
@@ -159,16 +161,18 @@ class ClassifyStreamResponse(_message.Message):
     def __init__(self, response: _Optional[_Union[ClassifyResponse, _Mapping]] = ..., correlation_id: _Optional[str] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
-    __slots__ = ("texts", "truncation", "pad", "pairs")
+    __slots__ = ("texts", "truncation", "pad", "pairs", "model")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     PAD_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     truncation: TruncationOptions
     pad: bool
     pairs: _containers.RepeatedCompositeFieldContainer[TextPair]
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., truncation: _Optional[_Union[TruncationOptions, _Mapping]] = ..., pad: _Optional[bool] = ..., pairs: _Optional[_Iterable[_Union[TextPair, _Mapping]]] = ...) -> None: ...
+    model: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., truncation: _Optional[_Union[TruncationOptions, _Mapping]] = ..., pad: _Optional[bool] = ..., pairs: _Optional[_Iterable[_Union[TextPair, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class TokenizedText(_message.Message):
     __slots__ = ("input_ids", "attention_mask", "tokens", "truncated", "token_type_ids", "overflowing")
@@ -195,8 +199,10 @@ class TokenizeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[TokenizedText, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
     __slots__ = ("model_name", "model_version", "source_checkpoint", "labels", "max_sequence_length", "problem_type", "backend", "dtype", "demo", "inputs")
@@ -221,3 +227,29 @@ class GetModelInfoResponse(_message.Message):
     demo: bool
     inputs: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., source_checkpoint: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., max_sequence_length: _Optional[int] = ..., problem_type: _Optional[_Union[ProblemType, str]] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., demo: _Optional[bool] = ..., inputs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelSummary(_message.Message):
+    __slots__ = ("name", "model_version", "labels", "source_checkpoint", "ready")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_version: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    source_checkpoint: str
+    ready: bool
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., source_checkpoint: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelSummary]
+    default_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...

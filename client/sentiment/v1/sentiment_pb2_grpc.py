@@ -57,6 +57,11 @@ class SentimentServiceStub:
                 request_serializer=sentiment_dot_v1_dot_sentiment__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=sentiment_dot_v1_dot_sentiment__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/sentiment.v1.SentimentService/ListModels',
+                request_serializer=sentiment_dot_v1_dot_sentiment__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=sentiment_dot_v1_dot_sentiment__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class SentimentServiceServicer:
@@ -87,7 +92,14 @@ class SentimentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describe the served model.
+        """Describe a served model (the default one unless the request names one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The models this service serves, each with the version answering now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +127,11 @@ def add_SentimentServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=sentiment_dot_v1_dot_sentiment__pb2.GetModelInfoRequest.FromString,
                     response_serializer=sentiment_dot_v1_dot_sentiment__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=sentiment_dot_v1_dot_sentiment__pb2.ListModelsRequest.FromString,
+                    response_serializer=sentiment_dot_v1_dot_sentiment__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +245,33 @@ class SentimentService:
             '/sentiment.v1.SentimentService/GetModelInfo',
             sentiment_dot_v1_dot_sentiment__pb2.GetModelInfoRequest.SerializeToString,
             sentiment_dot_v1_dot_sentiment__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiment.v1.SentimentService/ListModels',
+            sentiment_dot_v1_dot_sentiment__pb2.ListModelsRequest.SerializeToString,
+            sentiment_dot_v1_dot_sentiment__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
