@@ -22,7 +22,7 @@ from sentiment_server.backend import PYTHON_MODEL_SOURCE
 from sentiment_server.model_artifact import classification_function
 from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
 from sentiment_server.tooling.export import ExportError, export_model
-from sentiment_server.tooling.torchscript import PARITY_TEXTS
+from sentiment_server.tooling.torchscript import EXPECTATION_TEXTS, PARITY_TEXTS
 from sentiment_server.tooling.triton_config import render_config
 from tritonclient.grpc import model_config_pb2
 
@@ -39,6 +39,11 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def other_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-seed1", seed=1)
+
+
+@pytest.fixture(scope="module")
+def three_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "three-labels", labels=("a", "b", "c"), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +115,10 @@ def test_export_writes_the_layout(exported: tuple[Path, ma.ModelInfo]) -> None:
     assert len(info.fingerprint) == 64 and not info.demo
     assert info.extra["vocab_size"] == "30522"
     assert (version / ma.PYTHON_MODEL_FILE).read_text() == (PYTHON_MODEL_SOURCE).read_text()
+    assert ma.model_names(repository) == ["tiny"] and ma.model_versions(repository, "tiny") == ["1"]
+    assert ma.serving_versions(repository, "tiny") == ["1"]
+    assert info.expected_texts == list(EXPECTATION_TEXTS) and info.expected_atol == 1e-3
+    assert [len(row) for row in info.expected_logits] == [2] * len(EXPECTATION_TEXTS)
 
 
 def test_exported_tokenizer_json_gives_the_seed_ids(exported: tuple[Path, ma.ModelInfo]) -> None:
@@ -157,7 +166,7 @@ def test_trace_pins_no_device(exported: tuple[Path, ma.ModelInfo]) -> None:
 
 def test_bf16_export_passes_its_parity_check(tmp_path: Path, checkpoint: Path) -> None:
     info = export_model(str(checkpoint), tmp_path, model_name="tiny-bf16", dtype="bf16")
-    assert info.dtype == "bf16"
+    assert info.dtype == "bf16" and info.expected_atol == 3e-2
     traced = torch.jit.load(str(tmp_path / "tiny-bf16" / "1" / ma.TORCHSCRIPT_FILE))
     assert {p.dtype for p in traced.parameters()} == {torch.bfloat16}
     expected, enc = _eager_logits(checkpoint, list(PARITY_TEXTS))
@@ -227,18 +236,148 @@ def test_reexport_of_the_same_model_is_a_no_op(
     assert "max_batch_size: 8" in config and "count: 2" in config
 
 
-def test_a_different_model_is_refused_unless_forced(tmp_path: Path, checkpoint: Path, other_checkpoint: Path) -> None:
+def test_force_replaces_the_whole_model_with_version_1(
+    tmp_path: Path, checkpoint: Path, other_checkpoint: Path
+) -> None:
     first = export_model(str(checkpoint), tmp_path)
-    with pytest.raises(ExportError, match="already holds a different model"):
-        export_model(str(other_checkpoint), tmp_path)
-    with pytest.raises(ExportError, match="already holds a different model"):
-        export_model(str(checkpoint), tmp_path, dtype="bf16")
-    assert ma.read_model_info(tmp_path, "sentiment") == first
+    staged = export_model(str(other_checkpoint), tmp_path)
+    assert staged.version == "2"
 
     forced = export_model(str(other_checkpoint), tmp_path, force=True)
-    assert forced.fingerprint != first.fingerprint
+    assert forced.fingerprint != first.fingerprint and forced.version == "1"
     assert ma.read_model_info(tmp_path, "sentiment") == forced
+    assert ma.model_versions(tmp_path, "sentiment") == ["1"]
+    assert ma.serving_versions(tmp_path, "sentiment") == ["1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sentiment"]
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def _hidden(repository: Path) -> list[str]:
+    return [p.name for p in repository.rglob(".*")]
+
+
+def test_a_changed_checkpoint_is_staged_as_the_next_version(
+    tmp_path: Path,
+    checkpoint: Path,
+    other_checkpoint: Path,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    first = export_model(str(checkpoint), tmp_path)
+    config = tmp_path / "sentiment" / ma.CONFIG_FILE
+    config_before = config.read_text()
+    with caplog.at_level(logging.INFO, logger="sentiment_server.tooling.export"):
+        second = export_model(str(other_checkpoint), tmp_path)
+
+    assert second.version == "2" and second.fingerprint != first.fingerprint
+    assert ma.model_versions(tmp_path, "sentiment") == ["1", "2"]
+    assert sorted(p.name for p in (tmp_path / "sentiment" / "2").iterdir()) == sorted(
+        [ma.TORCHSCRIPT_FILE, ma.PYTHON_MODEL_FILE, ma.TOKENIZER_FILE, ma.INFO_FILE]
+    )
+    assert ma.read_model_info(tmp_path, "sentiment", "2") == second
+    # Staged, not served: config.pbtxt is untouched and the default version is still 1.
+    assert config.read_text() == config_before
+    assert ma.serving_versions(tmp_path, "sentiment") == ["1"]
+    assert ma.read_model_info(tmp_path, "sentiment") == first
+    assert (
+        "staged as version 2 of sentiment; the service keeps serving version(s) [1] until "
+        "`sentiment-server rollout --model sentiment`" in caplog.text
+    )
+    assert _hidden(tmp_path) == []
+
+    # Labels may be renamed or reordered between versions; the config only knows their count.
+    relabelled = build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "relabelled", labels=("bad", "good"), seed=2)
+    third = export_model(str(relabelled), tmp_path)
+    assert (third.version, third.labels) == ("3", ["bad", "good"])
+    assert config.read_text() == config_before
+    assert ma.model_names(tmp_path) == ["sentiment"]
+
+
+def test_reexporting_any_version_is_a_no_op_that_keeps_the_policy(
+    tmp_path: Path, checkpoint: Path, other_checkpoint: Path
+) -> None:
+    first = export_model(str(checkpoint), tmp_path)
+    second = export_model(str(other_checkpoint), tmp_path)
+    weights = [tmp_path / "sentiment" / v / ma.TORCHSCRIPT_FILE for v in ("1", "2")]
+    before = [w.stat().st_mtime_ns for w in weights]
+    assert export_model(str(other_checkpoint), tmp_path) == second
+    assert export_model(str(checkpoint), tmp_path) == first
+    assert [w.stat().st_mtime_ns for w in weights] == before
+    assert ma.model_versions(tmp_path, "sentiment") == ["1", "2"]
+
+    # A rollout's policy survives a refresh of the serving settings.
+    ma.set_serving_versions(tmp_path, "sentiment", ["1", "2"])
+    assert export_model(str(checkpoint), tmp_path, max_batch_size=8) == first
+    config = _parse((tmp_path / "sentiment" / ma.CONFIG_FILE).read_text())
+    assert config.max_batch_size == 8 and list(config.version_policy.specific.versions) == [1, 2]
+    assert ma.serving_versions(tmp_path, "sentiment") == ["1", "2"]
+    assert [w.stat().st_mtime_ns for w in weights] == before
+
+
+def test_a_version_that_does_not_fit_the_config_is_refused(
+    tmp_path: Path, checkpoint: Path, other_checkpoint: Path, three_labels: Path
+) -> None:
+    export_model(str(checkpoint), tmp_path)
+    config_before = (tmp_path / "sentiment" / ma.CONFIG_FILE).read_text()
+    with pytest.raises(
+        ExportError, match=r"label count\): existing logits__0 \[2\], this export logits__0 \[3\]"
+    ) as info:
+        export_model(str(three_labels), tmp_path)
+    assert "new model name" in str(info.value) and "force" in str(info.value)
+    with pytest.raises(ExportError, match=r"dtype=fp32.*dtype=bf16"):
+        export_model(str(other_checkpoint), tmp_path, dtype="bf16")
+    with pytest.raises(ExportError, match="max batch size: existing 64, this export 8"):
+        export_model(str(other_checkpoint), tmp_path, max_batch_size=8)
+    assert ma.model_versions(tmp_path, "sentiment") == ["1"]
+    assert (tmp_path / "sentiment" / ma.CONFIG_FILE).read_text() == config_before
+    assert sorted(p.name for p in (tmp_path / "sentiment").iterdir()) == ["1", ma.CONFIG_FILE]
+    assert _hidden(tmp_path) == []
+
+
+def test_a_new_model_name_is_a_new_model_beside_the_others(
+    tmp_path: Path, checkpoint: Path, three_labels: Path
+) -> None:
+    first = export_model(str(checkpoint), tmp_path, model_name="first")
+    second = export_model(str(three_labels), tmp_path, model_name="second", max_batch_size=8)
+    assert (first.version, second.version) == ("1", "1")
+    assert ma.model_names(tmp_path) == ["first", "second"]
+    for name, info in (("first", first), ("second", second)):
+        assert ma.model_versions(tmp_path, name) == ["1"] and ma.serving_versions(tmp_path, name) == ["1"]
+        assert ma.read_model_info(tmp_path, name) == info
+    assert _parse((tmp_path / "second" / ma.CONFIG_FILE).read_text()).name == "second"
+
+
+def test_staging_into_an_older_latest_policy_pins_the_served_version(
+    tmp_path: Path, checkpoint: Path, other_checkpoint: Path
+) -> None:
+    """Exports before versions wrote `latest: 1`, which would serve a new version at Triton's next load."""
+    export_model(str(checkpoint), tmp_path)
+    config = tmp_path / "sentiment" / ma.CONFIG_FILE
+    config.write_text(ma.replace_version_policy(config.read_text(), "version_policy: { latest: { num_versions: 1 } }"))
+    assert export_model(str(other_checkpoint), tmp_path).version == "2"
+    assert "version_policy: { specific: { versions: [1] } }" in config.read_text()
+    assert ma.serving_versions(tmp_path, "sentiment") == ["1"]
+
+
+def test_expectations_are_what_the_saved_model_gives(exported: tuple[Path, ma.ModelInfo]) -> None:
+    from tokenizers import Tokenizer
+
+    repository, info = exported
+    version = repository / "tiny" / "1"
+    assert json.loads((version / ma.INFO_FILE).read_text())["expected_texts"] == list(EXPECTATION_TEXTS)
+    model = torch.jit.load(str(version / ma.TORCHSCRIPT_FILE))
+    tokenizer = Tokenizer.from_file(str(version / ma.TOKENIZER_FILE))
+    tokenizer.enable_truncation(max_length=info.max_length)
+    lengths = set()
+    for text, expected in zip(info.expected_texts, info.expected_logits, strict=True):
+        enc = tokenizer.encode(text)
+        lengths.add(len(enc.ids))
+        with torch.inference_mode():
+            got = model(torch.tensor([enc.ids]), torch.tensor([enc.attention_mask]))
+        np.testing.assert_allclose(got[0].numpy(), np.array(expected, dtype=np.float32), atol=1e-5, rtol=0)
+    assert len(lengths) == len(EXPECTATION_TEXTS)  # different lengths
 
 
 def test_a_directory_that_is_not_a_model_is_refused(tmp_path: Path, checkpoint: Path) -> None:
@@ -256,6 +395,7 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         {"device": "tpu"},
         {"model_name": ".hidden"},
         {"model_name": "a/b"},
+        {"model_name": "a" * 65},
         {"max_batch_size": 0},
         {"instance_count": 0},
         {"torch_threads": -1},
@@ -310,7 +450,7 @@ def test_config_pbtxt_is_a_valid_triton_model_config(
     dt = model_config_pb2.DataType
     assert config.name == name and config.backend == backend
     assert config.max_batch_size == 64
-    assert config.version_policy.latest.num_versions == 1
+    assert list(config.version_policy.specific.versions) == [1]
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
         (ma.INPUT_IDS, dt.TYPE_INT64, [-1]),
         (ma.ATTENTION_MASK, dt.TYPE_INT64, [-1]),

@@ -7,6 +7,12 @@ through the `python3` first on PATH, so the launcher puts this interpreter's
 bin/ first. Triton dies with its launcher (PDEATHSIG through setpriv, and a
 group reaper for the stubs).
 
+Triton runs with explicit model control: at start it loads every model of the
+repository (or the `models` given), each at the versions its config.pbtxt's
+version_policy names; later loads (a rollout's new version) go through
+Triton's repository API. A restart loads the same models again, at the
+versions their configs name then.
+
     with EmbeddedTriton(repository) as triton:   # free ports, 127.0.0.1
         triton.wait_ready("sentiment", timeout_s=120)
         client = tritonclient.grpc.InferenceServerClient(triton.grpc_url)
@@ -170,8 +176,11 @@ class EmbeddedTriton:
         shm_default_byte_size: int | None = None,
         extra_args: Sequence[str] = (),
         extra_env: Mapping[str, str] | None = None,
+        models: Sequence[str] | None = None,
     ) -> None:
+        """`models`: the models to load at start (None: every model of the repository; empty: none)."""
         self.model_repository = Path(model_repository).resolve()
+        self.models = tuple(models) if models is not None else None
         self.host = host
         self._grpc_port_arg = grpc_port
         self._metrics_port_arg = metrics_port
@@ -234,7 +243,9 @@ class EmbeddedTriton:
             dist_binary,
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backend_dir}",
-            "--model-control-mode=none",
+            # Explicit: models (and versions) can be loaded while it runs; these at start.
+            "--model-control-mode=explicit",
+            *self._load_model_args(),
             "--exit-on-error=true",
             "--strict-readiness=true",
             f"--log-verbose={self.log_verbose}",
@@ -253,6 +264,12 @@ class EmbeddedTriton:
             args.append(f"--backend-config=python,shm-default-byte-size={self.shm_default_byte_size}")
         args.extend(self.extra_args)
         return args
+
+    def _load_model_args(self) -> list[str]:
+        """Which models Triton loads at start, each at its config.pbtxt's version policy."""
+        if self.models is None:
+            return ["--load-model=*"]
+        return [f"--load-model={name}" for name in self.models]
 
     def environment(self, dist: TritonDistribution) -> dict[str, str]:
         """The child's environment, built explicitly rather than inherited from the shell."""

@@ -51,8 +51,9 @@ class ServedModel:
     tokenizer: TextTokenizer
 
     @classmethod
-    def load(cls, repository: Path, model_name: str) -> ServedModel:
-        info = read_model_info(repository, model_name)
-        tokenizer_json = version_dir(repository, model_name, info.version) / TOKENIZER_FILE
+    def load(cls, repository: Path, model_name: str, version: str | None = None) -> ServedModel:
+        """`version` of the model (None: the newest version its config.pbtxt serves)."""
+        info = read_model_info(repository, model_name, version)
+        tokenizer_json = version_dir(repository, model_name, version or info.version) / TOKENIZER_FILE
         tokenizer = TextTokenizer(tokenizer_json, info.max_length, info.pad_token_id, info.takes_token_type_ids)
         return cls(info, tokenizer)

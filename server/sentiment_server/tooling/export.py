@@ -1,38 +1,70 @@
-"""Checkpoint -> Triton model repository (one artifact for both backends).
+"""Checkpoint -> Triton model repository (one artifact for both backends), version by version.
 
 `export_model` loads a Hugging Face sequence-classification checkpoint (Hub id
 or local directory), traces a wrapper `forward(input_ids, attention_mask[,
 token_type_ids]) -> logits` with TorchScript (token_type_ids when the
 checkpoint's tokenizer produces them and its model takes them), checks the
-trace against the eager fp32 model, and only then writes the layout described
-in `model_artifact`:
+trace against the eager fp32 model, saves it, runs the saved file on a few
+fixed texts (the expectations model_info.json records), and only then writes
+the layout described in `model_artifact`:
 
-    <repository>/<model_name>/config.pbtxt
+    <repository>/<model_name>/config.pbtxt                 version_policy: { specific: { versions: [1] } }
     <repository>/<model_name>/1/model.pt, model.py (python backend),
                                 tokenizer.json, model_info.json
+    <repository>/<model_name>/2/...                     a later export of another checkpoint, staged
 
-Re-exporting the same weights is a no-op; a different model in the same place
-is refused unless `force`. The steps live in `checkpoint_loading`,
-`torchscript`, `triton_config` and `repository_writer`.
+What happens depends on what the repository already holds under `model_name`:
+
+- nothing: the model directory, version 1 served (a new name next to other models is a new directory);
+- a version with this export's fingerprint: nothing is written (config.pbtxt's serving settings and
+  that version's model.py are brought up to date; the version policy is kept);
+- only other checkpoints: the next version N+1 is written beside them and staged, not served:
+  config.pbtxt is untouched, so Triton keeps serving what it served until a rollout
+  (`model_artifact.set_serving_versions`) switches it. A new version must fit the model's
+  config.pbtxt (backend, dtype, device, inputs, label count, instances, batch size, threads);
+  labels may be renamed or reordered. One that does not needs a new model name, or `force`;
+- with `force`: the whole model directory is replaced by version 1 of this export.
+
+Every write is a rename of a fully written staging directory. The steps live in
+`checkpoint_loading`, `torchscript`, `triton_config` and `repository_writer`.
 
 Requires the `export` extra (torch, transformers).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import logging
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..model_artifact import BACKENDS, DTYPES, ModelInfo, model_dir
+from ..model_artifact import (
+    BACKENDS,
+    CONFIG_FILE,
+    DTYPES,
+    ModelInfo,
+    model_dir,
+    model_name_problem,
+    parse_version_policy,
+    render_version_policy,
+    replace_version_policy,
+    serving_versions,
+    version_policy_text,
+)
 from .checkpoint_loading import Checkpoint, compute_fingerprint, load_checkpoint
 from .export_error import ExportError
-from .repository_writer import VERSION, existing_info, refresh_serving_files, write_atomically
-from .torchscript import save_checked, trace_and_verify
-from .triton_config import render_config
+from .repository_writer import (
+    VERSION,
+    existing_infos,
+    next_version,
+    refresh_serving_files,
+    replace_file,
+    write_atomically,
+    write_version_atomically,
+)
+from .torchscript import EXPECTATION_TEXTS, EXPECTED_ATOL, expected_logits, save_checked, trace_and_verify
+from .triton_config import config_differences, render_config
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +74,6 @@ __all__ = ["ExportError", "export_model"]
 logger = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "gpu")
-_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def export_model(
@@ -59,12 +90,13 @@ def export_model(
     force: bool = False,
     demo: bool = False,
 ) -> ModelInfo:
-    """Export `source` (Hub id or checkpoint directory) into `repository`.
+    """Export `source` (Hub id or checkpoint directory) into `repository` (see the module docstring).
 
-    Returns the ModelInfo written to (or already in) the repository. Raises
-    ExportError when the checkpoint cannot be exported faithfully, or when
-    the repository already holds a different model under `model_name` and
-    `force` is not set.
+    Returns the ModelInfo written to (or already in) the repository; its
+    `version` says which version directory holds it. Raises ExportError when
+    the checkpoint cannot be exported faithfully, when `model_name` is a
+    directory that holds no exported model, or when a new version would not
+    fit the model's config.pbtxt, and `force` is not set.
     """
     _check_arguments(model_name, backend, dtype, max_batch_size, instance_count, device, torch_threads)
     repository = Path(repository)
@@ -81,17 +113,31 @@ def export_model(
         torch_threads=torch_threads,
         dtype=dtype,
         inputs=ckpt.inputs,
+        versions=(VERSION,),
     )
 
     target = model_dir(repository, model_name)
-    existing = existing_info(target)
-    if target.exists() and not force:
-        return _keep_existing(target, existing, fingerprint, device=device, config_text=config_text, backend=backend)
+    new_model = force or not target.exists()
+    version = VERSION
+    if not new_model:
+        existing = existing_infos(repository, model_name)
+        if not existing:
+            raise ExportError(
+                f"{target} exists but does not hold an exported model; remove it or pass force=True to overwrite it"
+            )
+        same = [v for v, info in existing.items() if info.fingerprint == fingerprint]
+        if same:
+            return _keep_existing(target, existing[same[-1]], device=device, config_text=config_text, backend=backend)
+        _check_fits(target, config_text, existing, fingerprint)
+        version = next_version(target)
 
     traced, extra, trace_device = _trace(ckpt, dtype, device)
     info = _model_info(ckpt, source, fingerprint, extra, model_name=model_name, backend=backend, dtype=dtype, demo=demo)
-    _write(repository, info, ckpt, traced, trace_device, config_text)
-    return info
+    info = dataclasses.replace(info, version=version, expected_atol=EXPECTED_ATOL[dtype])
+    write_weights = _weights_writer(traced, ckpt, trace_device, info)
+    if new_model:
+        return _write(repository, info, ckpt, write_weights, config_text)
+    return _stage(repository, info, ckpt, write_weights)
 
 
 def _check_arguments(
@@ -103,10 +149,9 @@ def _check_arguments(
     device: str,
     torch_threads: int,
 ) -> None:
-    if not _MODEL_NAME_RE.match(model_name):
-        raise ExportError(
-            f"model name {model_name!r} must be letters, digits, '_', '.', '-' and must not start with '.' or '-'"
-        )
+    problem = model_name_problem(model_name)
+    if problem is not None:
+        raise ExportError(problem)
     if backend not in BACKENDS:
         raise ExportError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if dtype not in DTYPES:
@@ -153,33 +198,70 @@ def _fingerprint(ckpt: Checkpoint, *, dtype: str, backend: str) -> str:
 
 def _keep_existing(
     target: Path,
-    existing: ModelInfo | None,
-    fingerprint: str,
+    existing: ModelInfo,
     *,
     device: str,
     config_text: str,
     backend: str,
 ) -> ModelInfo:
-    """The export already in `target` when it is this one (its serving files refreshed); else ExportError."""
-    if existing is None:
-        raise ExportError(
-            f"{target} exists but does not hold an exported model; remove it or pass force=True to overwrite it"
-        )
-    if existing.fingerprint != fingerprint:
-        raise ExportError(
-            f"{target} already holds a different model (exported from {existing.source!r}, "
-            f"backend {existing.backend}, dtype {existing.dtype}, fingerprint "
-            f"{existing.fingerprint[:12]}; this export would be {fingerprint[:12]}); "
-            "pass force=True to overwrite it"
-        )
+    """This export is already version `existing.version` in `target`: its serving files refreshed, no new weights.
+
+    The refreshed config.pbtxt keeps the version policy it had (which versions are served is a rollout's call).
+    """
     if not _runs_on(existing.extra, device):
         raise ExportError(
-            f"{target} holds this model traced for {', '.join(_pinned_devices(existing.extra))} "
-            f"(its trace pins the device); pass force=True to re-export it for device={device}"
+            f"{target} holds this model (version {existing.version}) traced for "
+            f"{', '.join(_pinned_devices(existing.extra))} (its trace pins the device); "
+            f"pass force=True to re-export it for device={device}"
         )
-    refresh_serving_files(target, config_text, backend)
-    logger.info("%s: already exported (fingerprint %s)", target, fingerprint[:12])
+    try:
+        current = (target / CONFIG_FILE).read_text(encoding="utf-8")
+    except OSError:
+        current = None
+    if current is not None:
+        config_text = replace_version_policy(config_text, version_policy_text(current))
+    refresh_serving_files(target, config_text, backend, existing.version)
+    logger.info(
+        "%s: already exported as version %s (fingerprint %s)", target, existing.version, existing.fingerprint[:12]
+    )
     return existing
+
+
+def _check_fits(target: Path, config_text: str, existing: Mapping[str, ModelInfo], fingerprint: str) -> None:
+    """ExportError unless a new version of this export can be served with the model's config.pbtxt as it is."""
+    newest = existing[list(existing)[-1]]
+    what = (
+        f"{target} holds another checkpoint (version {newest.version}: exported from {newest.source!r}, "
+        f"backend {newest.backend}, dtype {newest.dtype}, fingerprint {newest.fingerprint[:12]}; "
+        f"this export would be {fingerprint[:12]})"
+    )
+    try:
+        current = (target / CONFIG_FILE).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ExportError(
+            f"{what}, and its {CONFIG_FILE} is unreadable ({exc}); pass force=True to replace it"
+        ) from exc
+    differences = config_differences(current, config_text)
+    if differences:
+        raise ExportError(
+            f"{what}, and a new version of it must fit its {CONFIG_FILE}, which differs: "
+            + "; ".join(differences)
+            + ". Export it under a new model name, or pass force=True to replace the model"
+            " (or use the same serving settings as the existing versions)"
+        )
+
+
+def _weights_writer(
+    traced: torch.jit.ScriptModule, ckpt: Checkpoint, trace_device: torch.device, info: ModelInfo
+) -> Callable[[Path], ModelInfo]:
+    """Writes model.pt (checked) and returns `info` with the expectations of the saved file."""
+
+    def write(path: Path) -> ModelInfo:
+        saved = save_checked(traced, path, ckpt=ckpt, device=trace_device)
+        logits = expected_logits(saved, ckpt, trace_device, EXPECTATION_TEXTS)
+        return dataclasses.replace(info, expected_texts=list(EXPECTATION_TEXTS), expected_logits=logits)
+
+    return write
 
 
 def _trace(ckpt: Checkpoint, dtype: str, device: str) -> tuple[torch.jit.ScriptModule, dict[str, str], torch.device]:
@@ -231,18 +313,17 @@ def _write(
     repository: Path,
     info: ModelInfo,
     ckpt: Checkpoint,
-    traced: torch.jit.ScriptModule,
-    trace_device: torch.device,
+    write_weights: Callable[[Path], ModelInfo],
     config_text: str,
-) -> None:
+) -> ModelInfo:
     """Write the model's directory into `repository` (all of it or nothing) and log what was exported."""
-    write_atomically(
+    info = write_atomically(
         repository,
         info.model_name,
-        info,
+        backend=info.backend,
         config_text=config_text,
         tokenizer_json=ckpt.tokenizer_json,
-        write_weights=functools.partial(save_checked, traced, ckpt=ckpt, device=trace_device),
+        write_weights=write_weights,
     )
     logger.info(
         "exported %s -> %s (backend %s, dtype %s, inputs %s, labels %s, fingerprint %s)",
@@ -254,6 +335,58 @@ def _write(
         info.labels,
         info.fingerprint[:12],
     )
+    return info
+
+
+def _stage(
+    repository: Path, info: ModelInfo, ckpt: Checkpoint, write_weights: Callable[[Path], ModelInfo]
+) -> ModelInfo:
+    """Write version `info.version` beside the model's others without serving it, and say so."""
+    name = info.model_name
+    served = _pin_served_versions(repository, name)
+    info = write_version_atomically(
+        repository,
+        name,
+        info.version,
+        backend=info.backend,
+        tokenizer_json=ckpt.tokenizer_json,
+        write_weights=write_weights,
+    )
+    logger.info(
+        "exported %s -> %s (backend %s, dtype %s, inputs %s, labels %s, fingerprint %s)",
+        info.source,
+        model_dir(repository, name) / info.version,
+        info.backend,
+        info.dtype,
+        info.inputs,
+        info.labels,
+        info.fingerprint[:12],
+    )
+    logger.info(
+        "staged as version %s of %s; the service keeps serving version(s) [%s] until `sentiment-server rollout "
+        "--model %s`",
+        info.version,
+        name,
+        ", ".join(served),
+        name,
+    )
+    return info
+
+
+def _pin_served_versions(repository: Path, model_name: str) -> list[str]:
+    """The versions served now; a config.pbtxt whose policy would pick up a new version (`latest`, `all`, as
+    older exports wrote) is first pinned to them, so that the new version is staged and not served."""
+    target = model_dir(repository, model_name)
+    try:
+        served = serving_versions(repository, model_name)
+        policy = parse_version_policy((target / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read the version policy of {target / CONFIG_FILE}: {exc}") from exc
+    if policy.kind != "specific" and served:
+        path = target / CONFIG_FILE
+        replace_file(path, replace_version_policy(path.read_text(encoding="utf-8"), render_version_policy(served)))
+        logger.info("%s: version_policy pinned to the served version(s) [%s]", path, ", ".join(served))
+    return served
 
 
 def _pinned_devices(extra: Mapping[str, str]) -> list[str]:

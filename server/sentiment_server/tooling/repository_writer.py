@@ -1,9 +1,11 @@
-"""Write one model's directory in a Triton model repository, never half of it.
+"""Write one model's directory, or one more version of it, in a Triton model repository, never half of it.
 
-The directory is assembled in a hidden staging directory next to the target
-and renamed into place, so Triton (or the front-end) never sees half an
-export. Also reads back what an earlier export left there, and brings its
-serving files (config.pbtxt, model.py) up to date in place.
+Either is assembled in a hidden staging directory next to the model's
+directory and renamed into place, so Triton (or the front-end) never sees half
+an export: a whole model directory (version 1 and config.pbtxt) for a new
+model, a version directory for a new version of an existing one. Also reads
+back what earlier exports left there, and brings a version's serving files
+(config.pbtxt, model.py) up to date in place.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from ..model_artifact import (
     TORCHSCRIPT_FILE,
     ModelInfo,
     model_dir,
+    model_versions,
+    version_dir,
 )
+from .export_error import ExportError
 
 logger = logging.getLogger(__name__)
 
@@ -39,32 +44,47 @@ REPLACED_MARK = ".replaced-"
 STALE_STAGING_S = 3600.0
 
 
-def existing_info(target: Path) -> ModelInfo | None:
-    """The ModelInfo of the model exported in `target`, or None when it holds none (or an unreadable one)."""
-    path = target / VERSION / INFO_FILE
-    if not (path.is_file() and (target / VERSION / TORCHSCRIPT_FILE).is_file()):
-        return None
+def existing_infos(repository: Path, model_name: str) -> dict[str, ModelInfo]:
+    """The ModelInfo of each exported version of the model, oldest first (unreadable ones left out)."""
+    infos = {}
+    for version in model_versions(repository, model_name):
+        path = version_dir(repository, model_name, version) / INFO_FILE
+        try:
+            infos[version] = ModelInfo.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError) as exc:
+            logger.warning("%s is unreadable: %s", path, exc)
+    return infos
+
+
+def next_version(target: Path) -> str:
+    """One more than the newest all-digit directory in the model directory `target`, complete or not."""
+    numbers = [int(p.name) for p in target.iterdir() if p.name.isdigit() and p.is_dir()] if target.is_dir() else []
+    return str(max(numbers, default=0) + 1)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `path` by a rename, so that a reader sees the old text or the new one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        return ModelInfo.from_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError) as exc:
-        logger.warning("%s is unreadable: %s", path, exc)
-        return None
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def refresh_serving_files(target: Path, config_text: str, backend: str) -> None:
-    """Same weights: bring config.pbtxt (batch size, instances, ...) and model.py up to date."""
+def refresh_serving_files(target: Path, config_text: str, backend: str, version: str = VERSION) -> None:
+    """Same weights: bring config.pbtxt (batch size, instances, ...) and `version`'s model.py up to date."""
     wanted = {target / CONFIG_FILE: config_text}
     if backend == "python":
-        wanted[target / VERSION / PYTHON_MODEL_FILE] = PYTHON_MODEL_SOURCE.read_text(encoding="utf-8")
+        wanted[target / version / PYTHON_MODEL_FILE] = PYTHON_MODEL_SOURCE.read_text(encoding="utf-8")
     for path, text in wanted.items():
         try:
             if path.read_text(encoding="utf-8") == text:
                 continue
         except OSError:
             pass
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        replace_file(path, text)
         logger.info("updated %s", path)
 
 
@@ -95,35 +115,43 @@ def _staging_dir(repository: Path, model_name: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _write_version(
+    directory: Path, backend: str, tokenizer_json: str, write_weights: Callable[[Path], ModelInfo]
+) -> ModelInfo:
+    """Fill the (new, empty) version `directory`: model.pt first, model_info.json last."""
+    directory.mkdir()
+    info = write_weights(directory / TORCHSCRIPT_FILE)
+    (directory / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+    if backend == "python":
+        shutil.copyfile(PYTHON_MODEL_SOURCE, directory / PYTHON_MODEL_FILE)
+    (directory / INFO_FILE).write_text(info.to_json(), encoding="utf-8")
+    return info
+
+
 def write_atomically(
     repository: Path,
     model_name: str,
-    info: ModelInfo,
     *,
+    backend: str,
     config_text: str,
     tokenizer_json: str,
-    write_weights: Callable[[Path], None],
-) -> None:
-    """Write the model directory, replacing any previous one in a single rename.
+    write_weights: Callable[[Path], ModelInfo],
+) -> ModelInfo:
+    """Write the model directory (version 1 and config.pbtxt), replacing any previous one in a single rename.
 
-    `write_weights(path)` writes model.pt to `path` (and may raise to abandon
-    the export); nothing is visible in the repository until every file is written.
+    `write_weights(path)` writes model.pt to `path` and returns the ModelInfo to
+    record (it may raise to abandon the export); nothing is visible in the
+    repository until every file is written.
     """
     repository.mkdir(parents=True, exist_ok=True)
     target = model_dir(repository, model_name)
     with _staging_dir(repository, model_name) as staging:
-        version = staging / VERSION
-        version.mkdir()
-        write_weights(version / TORCHSCRIPT_FILE)
-        (version / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
-        if info.backend == "python":
-            shutil.copyfile(PYTHON_MODEL_SOURCE, version / PYTHON_MODEL_FILE)
-        (version / INFO_FILE).write_text(info.to_json(), encoding="utf-8")
+        info = _write_version(staging / VERSION, backend, tokenizer_json, write_weights)
         (staging / CONFIG_FILE).write_text(config_text, encoding="utf-8")
 
         if not target.exists():
             os.rename(staging, target)
-            return
+            return info
         old = repository / f".{model_name}{REPLACED_MARK}{uuid.uuid4().hex}"
         os.rename(target, old)
         try:
@@ -133,3 +161,29 @@ def write_atomically(
             raise
         shutil.rmtree(old, ignore_errors=True)
         logger.info("replaced the previous model in %s", target)
+        return info
+
+
+def write_version_atomically(
+    repository: Path,
+    model_name: str,
+    version: str,
+    *,
+    backend: str,
+    tokenizer_json: str,
+    write_weights: Callable[[Path], ModelInfo],
+) -> ModelInfo:
+    """Add version directory `version` to an existing model in a single rename; config.pbtxt is not touched.
+
+    As write_atomically; ExportError when `version` appeared meanwhile (another export).
+    """
+    target = version_dir(repository, model_name, version)
+    with _staging_dir(repository, model_name) as staging:
+        info = _write_version(staging / version, backend, tokenizer_json, write_weights)
+        if target.exists():
+            raise ExportError(f"{target} appeared while this export ran (another export?); export again")
+        try:
+            os.rename(staging / version, target)  # fails if a directory of that name appeared meanwhile
+        except OSError as exc:
+            raise ExportError(f"cannot move the new version into {target}: {exc}") from exc
+        return info

@@ -4,8 +4,10 @@
 token_type_ids]) -> float32 logits` (the checkpoint's `inputs`) in the
 export's dtype and accepts the trace only when it matches the eager fp32 model
 on a fixed set of texts, and of text pairs for a model that takes segment ids;
-`save_checked` writes it and checks that the file reproduces it. Nothing here
-touches the model repository.
+`save_checked` writes it and checks that the file reproduces it;
+`expected_logits` runs the saved file on EXPECTATION_TEXTS, the reference
+answers model_info.json records for the front-end to replay on a new version
+before it serves it. Nothing here touches the model repository.
 
 Requires the `export` extra (torch, transformers).
 """
@@ -63,6 +65,17 @@ PARITY_PAIRS: tuple[tuple[str, str], ...] = (
     ("Crème brûlée à Paris?", "東京 and naïve café-goers, $12.50 per slice!"),
 )
 PARITY_PAIR_BATCHES: tuple[tuple[int, int], ...] = ((0, 1), (0, 4))
+
+# Export-time expectations (ModelInfo.expected_*): short English texts of different lengths, each its own
+# batch of one, truncated to the model's max_length and not padded, as the front-end replays them.
+EXPECTATION_TEXTS: tuple[str, ...] = (
+    "Great service.",
+    "The food was cold and the waiter ignored us for most of the evening.",
+    "I expected very little from this film, yet the story, the music and the actors kept me watching "
+    "from the first scene to the last, and I would happily see it again with friends.",
+)
+# How far a replay (Triton running model.pt, its own batching and kernels) may be from the recorded logits.
+EXPECTED_ATOL = {"fp32": 1e-3, "int8": 1e-3, "bf16": 3e-2, "fp16": 3e-2}
 
 
 def _wrapper_class(inputs: Sequence[str]) -> type[Any]:
@@ -350,8 +363,13 @@ def _transformers_version() -> str:
     return str(transformers.__version__)
 
 
-def save_checked(traced: torch.jit.ScriptModule, path: Path, ckpt: Checkpoint, device: torch.device) -> None:
-    """Write the trace to `path`, then check that the file loads and gives what the verified trace gives."""
+def save_checked(
+    traced: torch.jit.ScriptModule, path: Path, ckpt: Checkpoint, device: torch.device
+) -> torch.jit.ScriptModule:
+    """Write the trace to `path`, then check that the file loads and gives what the verified trace gives.
+
+    Returns the module loaded back from `path` (on `device`).
+    """
     import torch
 
     with _quiet_torchscript():
@@ -364,3 +382,35 @@ def save_checked(traced: torch.jit.ScriptModule, path: Path, ckpt: Checkpoint, d
         diff = float((loaded(*batch.args()) - traced(*batch.args())).abs().max())
     if diff > SAVED_MAX_ABS_DIFF:
         raise ExportError(f"{path} does not reproduce the verified trace (max |diff| {diff:.3g})")
+    assert isinstance(loaded, torch.jit.ScriptModule)
+    return loaded
+
+
+def expected_logits(
+    module: torch.jit.ScriptModule, ckpt: Checkpoint, device: torch.device, texts: Sequence[str] = EXPECTATION_TEXTS
+) -> list[list[float]]:
+    """`module`'s float32 logits for each of `texts`, one batch of one each.
+
+    Tokenized by the exported tokenizer.json (truncated to max_length, no
+    padding), with token_type_ids for a model that takes them: what the
+    front-end sends Triton for a lone text.
+    """
+    import torch
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(ckpt.tokenizer_json)
+    tokenizer.enable_truncation(max_length=ckpt.max_length)
+    tokenizer.no_padding()
+    segments = TOKEN_TYPE_IDS in ckpt.inputs
+
+    def tensor(values: list[int]) -> torch.Tensor:
+        return torch.tensor([values], dtype=torch.int64, device=device)
+
+    rows = []
+    for text in texts:
+        enc = tokenizer.encode(text)
+        batch = _Batch(tensor(enc.ids), tensor(enc.attention_mask), tensor(enc.type_ids) if segments else None)
+        with torch.inference_mode():
+            logits = module(*batch.args())
+        rows.append([float(x) for x in logits.float().cpu()[0].tolist()])
+    return rows
