@@ -49,6 +49,8 @@ class FrontEnd:
             HOST,
             "--port",
             "0",
+            "--admin-port",
+            "0",
             "--model-repository",
             str(repository),
             "--triton-url",

@@ -437,6 +437,8 @@ class SupervisedUp(FrontEnd):
             HOST,
             "--port",
             "0",
+            "--admin-port",
+            "0",
             "--metrics-port",
             "0",  # any free port, read from its log: a port chosen here could be the one up then gives Triton
             "--model-repository",

@@ -18,9 +18,9 @@ from typing import Any
 
 import grpc
 import numpy as np
-from sentiment_server.core.inference import Logits, ServedModel
+from sentiment_server.core.inference import InferenceBackend, Logits, ServedModel
 from sentiment_server.core.tokenization import IdArray, TextTokenizer
-from sentiment_server.errors import DeadlineExceeded
+from sentiment_server.errors import DeadlineExceeded, RolloutRefused
 from sentiment_server.model_artifact import BASE_INPUTS, SINGLE_LABEL, ModelInfo
 from sentiment_server.settings import ServeSettings
 from sentiment_server.tooling.checkpoints import bundled_tokenizer_file
@@ -111,19 +111,77 @@ def fake_model(
     problem_type: str = SINGLE_LABEL,
     max_length: int = 128,
     inputs: tuple[str, ...] = BASE_INPUTS,
+    name: str = "sentiment",
+    version: str = "1",
 ) -> ServedModel:
     """`inputs`: add TOKEN_TYPE_IDS for a model that takes segment ids (a BERT)."""
-    info = fake_info(labels, problem_type, max_length, inputs=list(inputs))
+    info = fake_info(labels, problem_type, max_length, inputs=list(inputs), model_name=name, version=version)
     tokenizer = TextTokenizer(bundled_tokenizer_file(), max_length, 0, info.takes_token_type_ids)
     return ServedModel(info, tokenizer)
 
 
-class InProcessServer:
-    """A real gRPC front-end on 127.0.0.1, port 0, with its own event loop in a thread of this process."""
+class FakeVersions:
+    """A VersionSource over fake versions: (name, version) -> (model, backend), registered by the test."""
 
-    def __init__(self, backend: FakeBackend | None = None, model: ServedModel | None = None, **settings: Any) -> None:
+    def __init__(self) -> None:
+        self.versions: dict[tuple[str, str], tuple[ServedModel, FakeBackend]] = {}
+        self.refuse: dict[tuple[str, str], str] = {}  # versions that fail to start, and why
+        self.started: list[tuple[str, str]] = []
+        self.retired: list[tuple[str, str]] = []
+
+    def add(self, model: ServedModel, backend: FakeBackend | None = None) -> FakeBackend:
+        backend = backend or FakeBackend(len(model.info.labels))
+        self.versions[(model.info.model_name, model.info.version)] = (model, backend)
+        return backend
+
+    def _of(self, model_name: str) -> list[str]:
+        return sorted((v for n, v in self.versions if n == model_name), key=int)
+
+    def newest_version(self, model_name: str) -> str | None:
+        versions = self._of(model_name)
+        return versions[-1] if versions else None
+
+    def older_version(self, model_name: str, version: str) -> str | None:
+        older = [v for v in self._of(model_name) if int(v) < int(version)]
+        return older[-1] if older else None
+
+    def read(self, model_name: str, version: str) -> ServedModel:
+        if (model_name, version) not in self.versions:
+            raise RolloutRefused(f"model {model_name!r} has no version {version}")
+        return self.versions[(model_name, version)][0]
+
+    async def start(self, model: ServedModel, serving: str) -> InferenceBackend:
+        key = (model.info.model_name, model.info.version)
+        self.started.append(key)
+        reason = self.refuse.get(key)
+        if reason is not None:
+            raise RolloutRefused(reason)
+        return self.versions[key][1]
+
+    async def retire(self, model_name: str, version: str, serving: str) -> None:
+        self.retired.append((model_name, version))
+
+
+class InProcessServer:
+    """A real gRPC front-end on 127.0.0.1, port 0, with its own event loop in a thread of this process.
+
+    `models`: more (model, backend) pairs served next to the first; `source`: versions for rollouts
+    (the admin port then listens on a free loopback port).
+    """
+
+    def __init__(
+        self,
+        backend: FakeBackend | None = None,
+        model: ServedModel | None = None,
+        models: list[tuple[ServedModel, FakeBackend]] | None = None,
+        source: FakeVersions | None = None,
+        **settings: Any,
+    ) -> None:
         self.backend = backend or FakeBackend()
         self.model = model or fake_model()
+        self.models = models or []
+        self.source = source
+        settings.setdefault("admin_port", 0)
         self.settings = dataclasses.replace(ServeSettings(), host="127.0.0.1", port=0, health_poll_s=0.05, **settings)
         self.front: FrontEnd | None = None
         self.loop = asyncio.new_event_loop()
@@ -140,7 +198,8 @@ class InProcessServer:
 
     def start(self) -> InProcessServer:
         self._thread.start()
-        self.front = self.run(create_server(self.settings, self.backend, self.model))
+        versions: list[tuple[ServedModel, InferenceBackend]] = [(self.model, self.backend), *self.models]
+        self.front = self.run(create_server(self.settings, versions, self.source, self.model.info.model_name))
         return self
 
     def stop(self, grace_s: float = 5.0) -> None:

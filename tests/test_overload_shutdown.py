@@ -74,10 +74,13 @@ def test_metrics_port_and_json_access_log_of_the_process(triton, model_repositor
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         assert service.stop() == 0
-    assert 'sentiment_requests_total{code="OK",method="Classify"} 3.0' in text
-    assert "sentiment_texts_total 6.0" in text
+    assert 'sentiment_requests_total{code="OK",method="Classify",model="sentiment"} 3.0' in text
+    assert 'sentiment_texts_total{model="sentiment"} 6.0' in text
     entries = [json.loads(line) for line in service.log.read_text().splitlines() if line.strip()]
     messages = [e["message"] for e in entries]
     assert all({"ts", "level", "logger", "message"} <= set(e) for e in entries)
-    assert any(m.startswith(f"request {failed.value.request_id} Classify INVALID_ARGUMENT texts=1") for m in messages)
-    assert sum(" Classify OK texts=2 " in m for m in messages) == 3
+    assert any(
+        m.startswith(f"request {failed.value.request_id} Classify INVALID_ARGUMENT model=sentiment texts=1")
+        for m in messages
+    )
+    assert sum(" Classify OK model=sentiment texts=2 " in m for m in messages) == 3

@@ -80,7 +80,8 @@ def _start_up(repository: Path, log: Path, *extra: str) -> Up:
     with log.open("w") as err:
         process = subprocess.Popen(
             sentiment_server(
-                "up", "--port", "0", "--metrics-port", "0", "--model-repository", str(repository), *extra
+                "up", "--port", "0", "--admin-port", "0", "--metrics-port", "0", "--model-repository", str(repository),
+                *extra,
             ),
             stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip

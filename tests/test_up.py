@@ -30,7 +30,7 @@ def test_up_serves_a_labelled_demo_model_without_the_hub_then_the_real_one(tmp_p
     err_path = tmp_path / "up.err"
     with err_path.open("w") as err:
         up = subprocess.Popen(
-            sentiment_server("up", "--port", "0", "--model-repository", str(tmp_path / "repo")),
+            sentiment_server("up", "--port", "0", "--admin-port", "0", "--model-repository", str(tmp_path / "repo")),
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -72,7 +72,7 @@ def test_up_serves_a_labelled_demo_model_without_the_hub_then_the_real_one(tmp_p
     with err_path.open("w") as err:
         up = subprocess.Popen(
             sentiment_server(
-                "up", "--port", "0", "--model-repository", str(tmp_path / "repo"), "--checkpoint",
+                "up", "--port", "0", "--admin-port", "0", "--model-repository", str(tmp_path / "repo"), "--checkpoint",
                 str(checkpoints["emotion3"]),
             ),
             stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=tmp_path,

@@ -1,4 +1,4 @@
-"""`sentiment-server`: export | triton | serve | up."""
+"""`sentiment-server`: export | triton | serve | up | rollout | rollback | versions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from .logging_setup import configure_logging
 from .settings import (
     DEFAULT_CHECKPOINT,
+    AdminSettings,
     ExportSettings,
     ModelSettings,
     ServeSettings,
     TritonSettings,
     UpSettings,
+    VersionsSettings,
     add_arguments,
     pick,
     settings_from,
@@ -30,7 +32,6 @@ from .settings import (
 if TYPE_CHECKING:
     from .backend.triton_process import EmbeddedTriton
     from .backend.triton_supervisor import TritonSupervisor
-    from .transport.metrics import Metrics
 
 log = logging.getLogger("sentiment_server")
 
@@ -52,18 +53,23 @@ async def _wait_for_signal(watch: Coroutine[Any, Any, None] | None = None) -> No
         task.result()
 
 
-async def _serve(
-    settings: ServeSettings, supervise: Callable[[Metrics], Coroutine[Any, Any, None]] | None = None
-) -> None:
-    """The front-end until a signal; `supervise` (from `up`) watches the embedded Triton meanwhile."""
+async def _serve(settings: ServeSettings, supervisor: TritonSupervisor | None = None) -> None:
+    """The front-end until a signal; `supervisor` (from `up`) watches the embedded Triton meanwhile."""
     from . import tracing
     from .service import start_front_end
 
     tracing.configure(settings.otel)
-    front = await start_front_end(settings)
+    if supervisor is None:
+        front = await start_front_end(settings)
+        supervise = None
+    else:
+        front = await start_front_end(settings, supervisor.expecting_stub_exits)
+        supervise = supervisor.run(on_restart=front.metrics.triton_restarts.inc)
     print(f"sentiment-server: serving on {settings.host}:{front.port}", flush=True)
+    if front.admin is not None:
+        print(f"sentiment-server: admin (rollout, rollback) on 127.0.0.1:{front.admin_port}", flush=True)
     try:
-        await _wait_for_signal(supervise(front.metrics) if supervise is not None else None)
+        await _wait_for_signal(supervise)
     finally:
         log.info("draining for up to %.1fs", settings.grace_s)
         await front.stop(settings.grace_s)
@@ -112,8 +118,9 @@ def _export_or_demo(settings: UpSettings) -> None:
     if has_model(settings.model_repository, settings.model_name):
         existing = read_model_info(settings.model_repository, settings.model_name)
         if not existing.demo and not settings.force:
-            # Serve what is there. A different --checkpoint goes through export, which refuses to replace a
-            # model silently (--force replaces it); the default checkpoint never displaces an exported model.
+            # Serve what is there. A different --checkpoint goes through export, which stages it as the
+            # next version (served after a rollout; --force replaces the model); the default checkpoint
+            # never displaces an exported model.
             if settings.checkpoint not in (existing.source, DEFAULT_CHECKPOINT):
                 _export(settings)
             return
@@ -151,7 +158,7 @@ def _embedded_triton(settings: TritonSettings) -> Iterator[EmbeddedTriton]:
         grpc_port=settings.triton_port,
         metrics_port=settings.triton_metrics_port,
     ) as triton:
-        triton.wait_ready(settings.model_name, timeout_s=settings.triton_ready_timeout_s)
+        triton.wait_ready(timeout_s=settings.triton_ready_timeout_s)  # strict readiness: every model loaded
         yield triton
 
 
@@ -159,17 +166,27 @@ def _supervisor(triton: EmbeddedTriton, settings: TritonSettings) -> TritonSuper
     from .backend.triton_supervisor import RestartPolicy, TritonSupervisor
 
     policy = RestartPolicy(max_restarts=settings.triton_max_restarts, window_s=settings.triton_restart_window_s)
-    return TritonSupervisor(triton, settings.model_name, policy, settings.triton_ready_timeout_s)
+    return TritonSupervisor(triton, None, policy, settings.triton_ready_timeout_s)
+
+
+def _checkpoints(settings: UpSettings) -> list[UpSettings]:
+    """One settings object per model: `--checkpoint` is one checkpoint (for `--model-name`) or name=checkpoint pairs."""
+    if "=" not in settings.checkpoint:
+        return [settings]
+    pairs = [item.strip().partition("=") for item in settings.checkpoint.split(",") if item.strip()]
+    if any(not name or not sep or not checkpoint for name, sep, checkpoint in pairs):
+        raise SystemExit(f"--checkpoint {settings.checkpoint!r}: expected CHECKPOINT or NAME=CHECKPOINT,...")
+    return [replace(settings, model_name=name, checkpoint=checkpoint) for name, _, checkpoint in pairs]
 
 
 async def _up(settings: UpSettings) -> None:
-    _export_or_demo(settings)
+    each = _checkpoints(settings)
+    for model_settings in each:
+        _export_or_demo(model_settings)
+    if settings.model_name not in {s.model_name for s in each}:
+        settings = replace(settings, model_name=each[0].model_name)  # the first one named is the default
     with _embedded_triton(settings) as triton:
-        supervisor = _supervisor(triton, settings)
-        await _serve(
-            replace(pick(ServeSettings, settings), triton_url=triton.grpc_url),
-            lambda metrics: supervisor.run(on_restart=metrics.triton_restarts.inc),
-        )
+        await _serve(replace(pick(ServeSettings, settings), triton_url=triton.grpc_url), _supervisor(triton, settings))
 
 
 async def _triton(settings: TritonSettings) -> None:
@@ -177,6 +194,52 @@ async def _triton(settings: TritonSettings) -> None:
         supervisor = _supervisor(triton, settings)
         print(f"sentiment-server: Triton ready at {triton.grpc_url}", flush=True)
         await _wait_for_signal(supervisor.run())
+
+
+def _switch(settings: AdminSettings, command: str) -> None:
+    """Ask a running front-end's admin port to roll a model out (or back), and say what answers now."""
+    import grpc
+    from sentiment.v1 import admin_pb2, admin_pb2_grpc
+
+    metadata = (("x-api-key", settings.api_key),) if settings.api_key else ()
+    with grpc.insecure_channel(settings.admin_url) as channel:
+        stub: Any = admin_pb2_grpc.ModelAdminServiceStub(channel)  # type: ignore[no-untyped-call]
+        allow = settings.allow_label_change
+        try:
+            if command == "rollout":
+                request: Any = admin_pb2.RolloutRequest(
+                    model=settings.model, version=settings.version, allow_label_change=allow
+                )
+                done = stub.Rollout(request, metadata=metadata, timeout=settings.timeout_s)
+            else:
+                request = admin_pb2.RollbackRequest(model=settings.model, allow_label_change=allow)
+                done = stub.Rollback(request, metadata=metadata, timeout=settings.timeout_s)
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"{command} refused: {exc.code().name}: {exc.details()}") from None
+    if done.previous_version == done.model_version:
+        print(f"sentiment-server: model {done.model} already answers with version {done.model_version}")
+    else:
+        print(
+            f"sentiment-server: model {done.model} answers with version {done.model_version} "
+            f"(was {done.previous_version})"
+        )
+
+
+def _versions(settings: VersionsSettings) -> None:
+    """List a model's versions and the ones Triton serves; with --serve, set those (a Triton that polls follows)."""
+    from .model_artifact import model_versions, serving_versions, set_serving_versions
+
+    repository, name = settings.model_repository, settings.model_name
+    exported = model_versions(repository, name)
+    if not exported:
+        raise RuntimeError(f"model repository {repository} has no model {name!r}")
+    if settings.serve:
+        wanted = [v.strip() for v in settings.serve.split(",") if v.strip()]
+        unknown = [v for v in wanted if v not in exported]
+        if unknown:
+            raise RuntimeError(f"model {name!r} has no version {', '.join(unknown)} (it has {', '.join(exported)})")
+        set_serving_versions(repository, name, wanted)
+    print(f"{name}: versions {', '.join(exported)}; Triton serves {', '.join(serving_versions(repository, name))}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("triton", TritonSettings, "run the embedded Triton (tritonserver from the nvidia-pytriton wheel)"),
         ("serve", ServeSettings, "run the gRPC front-end against a running Triton"),
         ("up", UpSettings, "export if needed, start the embedded Triton and the front-end"),
+        ("rollout", AdminSettings, "switch a running service's model to a new version (its admin port)"),
+        ("rollback", AdminSettings, "switch a running service's model back to its previous version"),
+        ("versions", VersionsSettings, "list a model's versions, or set the ones Triton serves (--serve)"),
     ):
         add_arguments(commands.add_parser(name, help=help_text, description=help_text), cls)
     return parser
@@ -194,11 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands: dict[str, type[ModelSettings]] = {
+    commands: dict[str, type[ModelSettings | AdminSettings]] = {
         "export": ExportSettings,
         "triton": TritonSettings,
         "serve": ServeSettings,
         "up": UpSettings,
+        "rollout": AdminSettings,
+        "rollback": AdminSettings,
+        "versions": VersionsSettings,
     }
     settings = settings_from(commands[args.command], args)
     configure_logging(getattr(settings, "log_level", "INFO"), getattr(settings, "log_format", "text"))
@@ -211,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_triton(settings))
         elif isinstance(settings, ExportSettings):
             _export(settings)
+        elif isinstance(settings, VersionsSettings):
+            _versions(settings)
+        elif isinstance(settings, AdminSettings):
+            _switch(settings, args.command)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one clear line for the operator; details with --log-level DEBUG

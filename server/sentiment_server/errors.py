@@ -20,6 +20,14 @@ class InvalidInput(ServiceError):
     """The request itself is wrong: empty or too many texts, bad options, bytes that do not parse."""
 
 
+class ModelNotFound(ServiceError):
+    """The request names a model this service does not serve."""
+
+
+class RolloutRefused(ServiceError):
+    """A version cannot be switched to (it does not load, answers differently, or changes the labels)."""
+
+
 class Unauthenticated(ServiceError):
     """The API key is missing or wrong."""
 
@@ -62,6 +70,8 @@ INFERENCE_FAILED_MESSAGE = "inference failed"
 # Error kind -> status code. docs/operations.md has the same table (a test keeps them in step).
 STATUS_TABLE: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    RolloutRefused: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     BackendUnavailable: grpc.StatusCode.UNAVAILABLE,

@@ -34,7 +34,7 @@ class ModelSettings:
     """Where the exported model lives; shared by every command."""
 
     model_repository: Path = _opt(Path("model_repository"), "Triton model repository directory")
-    model_name: str = _opt("sentiment", "Triton model name")
+    model_name: str = _opt("sentiment", "Triton model name (serve, up: the default model, for calls that name none)")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,13 @@ class ServeSettings(ModelSettings):
     host: str = _opt("127.0.0.1", "address the gRPC front-end binds")
     port: int = _opt(50051, "gRPC port of the front-end (0 = any free port)")
     triton_url: str = _opt("127.0.0.1:8001", "Triton gRPC endpoint(s), comma-separated")
+    # Models and versions.
+    models: str = _opt("", "models to serve, comma-separated (empty = every model in the repository)")
+    admin_port: int = _opt(50052, "loopback port of the admin service: rollout, rollback (-1 = off, 0 = any)")
+    triton_model_control: bool = _opt(
+        False, "load and unload versions in Triton on rollout (explicit model control; up: on); off: follow Triton"
+    )
+    version_poll_s: float = _opt(5.0, "how often a front-end that follows Triton looks for a newer ready version")
     # Coalescing: concurrent requests merge into one Triton batch.
     max_batch_texts: int = _opt(64, "most texts in one Triton batch")
     max_batch_tokens: int = _opt(8192, "most padded tokens in one Triton batch")
@@ -117,7 +124,27 @@ class UpSettings(ServeSettings, ExportSettings, TritonSettings):
     """`up`: export when needed, embedded Triton, front-end."""
 
     triton_port: int = _opt(0, "gRPC port of the embedded Triton (0 = any free port)")
+    triton_model_control: bool = _opt(True, "load and unload versions in the embedded Triton on rollout")
     offline_demo: bool = _opt(True, "serve a locally built demo model when the Hub cannot be reached")
+
+
+@dataclass(frozen=True)
+class VersionsSettings(ModelSettings):
+    """`versions`: a model's exported versions, and which ones its config.pbtxt has Triton serve."""
+
+    serve: str = _opt("", "set the versions Triton serves, comma-separated (empty = only list them)")
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """`rollout` and `rollback`: a request to a running front-end's admin port."""
+
+    admin_url: str = _opt("127.0.0.1:50052", "the front-end's admin port (serve/up --admin-port)")
+    model: str = _opt("", "the model to switch (empty = the default model)")
+    version: str = _opt("", "rollout: the version to serve (empty = the newest in the model repository)")
+    allow_label_change: bool = _opt(False, "switch even when the version's label set differs from the current one")
+    api_key: str = _opt("", "the front-end's API key, when it has one")
+    timeout_s: float = _opt(600.0, "how long to wait for the switch (loading, checking, draining the old version)")
 
 
 def env_name(field_name: str) -> str:

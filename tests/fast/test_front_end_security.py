@@ -242,7 +242,7 @@ def _work_done(samples: dict[str, float]) -> dict[str, float]:
 
 
 def _refused(method: str) -> str:
-    return f'sentiment_requests_total{{code="UNAUTHENTICATED",method="{method}"}}'
+    return f'sentiment_requests_total{{code="UNAUTHENTICATED",method="{method}",model=""}}'
 
 
 def test_unauthenticated_before_any_work(key_server: InProcessServer) -> None:

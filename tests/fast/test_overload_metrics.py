@@ -154,13 +154,13 @@ def test_metrics_and_access_log(caplog: pytest.LogCaptureFixture) -> None:
             with pytest.raises(SentimentError) as failed:
                 client.classify([""])
         registry = server.front.metrics.registry
-        labels = {"method": "Classify", "code": "INVALID_ARGUMENT"}
+        labels = {"method": "Classify", "code": "INVALID_ARGUMENT", "model": "sentiment"}
         assert wait_until(lambda: registry.get_sample_value("sentiment_requests_total", labels) == 1.0)
         port = server.front.metrics_http.server_port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
-    assert 'sentiment_requests_total{code="OK",method="Classify"} 3.0' in text
-    assert 'sentiment_requests_total{code="INVALID_ARGUMENT",method="Classify"} 1.0' in text
+    assert 'sentiment_requests_total{code="OK",method="Classify",model="sentiment"} 3.0' in text
+    assert 'sentiment_requests_total{code="INVALID_ARGUMENT",method="Classify",model="sentiment"} 1.0' in text
     for name in (
         'sentiment_stage_seconds_count{stage="tokenize"}',
         'sentiment_stage_seconds_count{stage="triton"}',
@@ -168,12 +168,15 @@ def test_metrics_and_access_log(caplog: pytest.LogCaptureFixture) -> None:
         "sentiment_batch_texts_count",
         "sentiment_batch_padding_fraction_count",
         "sentiment_requests_in_flight",
-        "sentiment_texts_total 6.0",
+        'sentiment_texts_total{model="sentiment"} 6.0',
         'sentiment_request_seconds_bucket{le="0.005",method="Classify"}',
     ):
         assert name in text, name
     entries = [json.loads(line) for line in caplog.text.splitlines() if line.strip()]
     messages = [e["message"] for e in entries]
     assert all({"ts", "level", "logger", "message"} <= set(e) for e in entries)
-    assert any(m.startswith(f"request {failed.value.request_id} Classify INVALID_ARGUMENT texts=1") for m in messages)
-    assert sum(" Classify OK texts=2 " in m for m in messages) == 3
+    assert any(
+        m.startswith(f"request {failed.value.request_id} Classify INVALID_ARGUMENT model=sentiment texts=1")
+        for m in messages
+    )
+    assert sum(" Classify OK model=sentiment texts=2 " in m for m in messages) == 3

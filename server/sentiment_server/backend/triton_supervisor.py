@@ -10,6 +10,10 @@ the front-end's readiness poll sees the model go and come back. More than
 `max_restarts` crashes within `window_s` means something is wrong that a
 restart does not fix: `run` raises `TritonGaveUp`, and the caller drains and
 exits non-zero so that systemd, compose or Kubernetes take over.
+
+A model load or unload (a rollout) replaces model instances, and the stubs
+of the replaced ones exit: inside `expecting_stub_exits`, and for a moment
+after it, a stub's exit is no crash.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .triton_process import EmbeddedTriton, TritonLaunchError, describe_exit
 
 log = logging.getLogger(__name__)
+
+# Triton finalizes a replaced instance just after its load call returns.
+STUB_EXIT_GRACE_S = 5.0
 
 
 class TritonGaveUp(RuntimeError):
@@ -45,7 +53,7 @@ class TritonSupervisor:
     def __init__(
         self,
         triton: EmbeddedTriton,
-        model_name: str,
+        model_name: str | None,
         policy: RestartPolicy,
         ready_timeout_s: float,
         poll_s: float = 0.2,
@@ -57,6 +65,21 @@ class TritonSupervisor:
         self._policy = policy
         self._poll_s = poll_s
         self._first_stubs = triton.stub_pids()
+        self._model_changes = 0  # loads or unloads under way
+        self._changed_at = float("-inf")
+
+    @contextmanager
+    def expecting_stub_exits(self) -> Iterator[None]:
+        """Around a model load or unload: the stubs of the instances it replaces exit, and that is no crash."""
+        self._model_changes += 1
+        try:
+            yield
+        finally:
+            self._model_changes -= 1
+            self._changed_at = time.monotonic()
+
+    def _models_changing(self) -> bool:
+        return self._model_changes > 0 or time.monotonic() - self._changed_at < STUB_EXIT_GRACE_S
 
     async def run(self, on_restart: Callable[[], None] = lambda: None) -> None:
         """Watch until cancelled; raises TritonGaveUp once the crash budget is spent."""
@@ -69,6 +92,14 @@ class TritonSupervisor:
                 alive = self._triton.stub_pids()
                 dead = stubs - alive
                 stubs |= alive
+                if dead and self._models_changing():
+                    log.info(
+                        "tritonserver pid %s: stub(s) %s of replaced model instances exited",
+                        self._triton.pid,
+                        sorted(dead),
+                    )
+                    stubs = alive
+                    continue
                 if not dead:
                     continue
                 await asyncio.sleep(self._poll_s)  # stubs also exit when Triton dies: was it Triton?

@@ -96,6 +96,11 @@ class ClassificationPipeline:
         self.cache = cache
         self._in_flight = 0  # calls being tokenized or waiting for their batch
 
+    @property
+    def in_flight(self) -> int:
+        """Calls being tokenized or classified with this pipeline now."""
+        return self._in_flight
+
     def validate_texts(self, texts: list[str] | list[Pair]) -> None:
         """Checks that need no tokenizing; run before any work is spent on the request."""
         field_name = "pairs" if texts and isinstance(texts[0], tuple) else "texts"

@@ -1,8 +1,8 @@
 """grpc.health.v1 that follows Triton's model readiness.
 
-A background task polls the backend's readiness; the front-end is SERVING
-while the backend says the model can answer (for Triton: at least one endpoint
-has it ready), NOT_SERVING otherwise and from the first moment of shutdown.
+A background task polls the served models' readiness; the front-end is SERVING
+while every model's current version can answer (for Triton: at least one
+endpoint has it ready), NOT_SERVING otherwise and from the first moment of shutdown.
 Health.Watch streams the changes.
 """
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from sentiment.v1 import sentiment_pb2
-
-from ..core.inference import InferenceBackend
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +22,14 @@ SERVICE_NAME = sentiment_pb2.DESCRIPTOR.services_by_name["SentimentService"].ful
 SERVICES = ("", SERVICE_NAME)  # "" is the whole server
 
 
+class Readiness(Protocol):
+    async def refresh(self, timeout_s: float) -> bool:
+        """Probe now; True while the models can answer."""
+        ...
+
+
 class HealthWatcher:
-    def __init__(self, backend: InferenceBackend, poll_s: float) -> None:
+    def __init__(self, backend: Readiness, poll_s: float) -> None:
         self.servicer = health_aio.HealthServicer()
         self._backend = backend
         self._poll_s = poll_s

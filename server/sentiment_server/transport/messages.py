@@ -8,6 +8,7 @@ from sentiment.v1 import sentiment_pb2 as pb
 
 from ..core.pipeline import ClassifyOptions, ClassifyOutput, Truncation, WindowResult
 from ..core.postprocess import RankedLabel
+from ..core.served_models import ServedVersion
 from ..core.tokenization import EncodedText, Pair
 from ..core.windows import Aggregation
 from ..errors import InvalidInput
@@ -32,6 +33,13 @@ def texts_in(request: Any) -> int:
     if isinstance(request, pb.ClassifyStreamRequest):
         request = request.request
     return len(getattr(request, "texts", ())) + len(getattr(request, "pairs", ()))
+
+
+def model_in(request: Any) -> str:
+    """The model a request names ("" = the default model; requests without the field have none)."""
+    if isinstance(request, pb.ClassifyStreamRequest):
+        request = request.request
+    return str(getattr(request, "model", ""))
 
 
 def inputs(request: pb.ClassifyRequest | pb.TokenizeRequest) -> list[str] | list[Pair]:
@@ -154,4 +162,20 @@ def model_info_response(info: ModelInfo) -> pb.GetModelInfoResponse:
         dtype=info.dtype,
         demo=info.demo,
         inputs=info.inputs,
+    )
+
+
+def list_models_response(served: list[ServedVersion], default: str) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(
+        models=[
+            pb.ModelSummary(
+                name=v.name,
+                model_version=v.version,
+                labels=v.info.labels,
+                source_checkpoint=v.info.source,
+                ready=v.ready,
+            )
+            for v in served
+        ],
+        default_model=default,
     )

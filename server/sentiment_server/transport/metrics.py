@@ -24,8 +24,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("sentiment_requests", "RPCs by method and status code", ["method", "code"], registry=r)
-        self.texts = Counter("sentiment_texts", "texts classified", registry=r)
+        self.requests = Counter(
+            "sentiment_requests", "RPCs by method, status code and model", ["method", "code", "model"], registry=r
+        )
+        self.texts = Counter("sentiment_texts", "texts classified, by model", ["model"], registry=r)
         self.latency = Histogram(
             "sentiment_request_seconds", "RPC latency by method", ["method"], buckets=_LATENCY_BUCKETS, registry=r
         )
@@ -56,18 +58,27 @@ class Metrics:
         self.cache_misses = Counter("sentiment_result_cache_misses", "texts the result cache did not hold", registry=r)
         self.cache_entries = Gauge("sentiment_result_cache_entries", "texts held in the result cache", registry=r)
 
-        self._per_call: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._per_call: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._texts: dict[str, Any] = {}
 
     def stages(self) -> Stages:
         return Stages(*(self.stage.labels(stage=name) for name in Stages._fields))
 
-    def count_request(self, method: str, code: str, seconds: float) -> None:
-        children = self._per_call.get((method, code))
-        if children is None:  # a handful of (method, code) pairs ever occur
-            children = (self.requests.labels(method=method, code=code), self.latency.labels(method=method))
-            self._per_call[(method, code)] = children
+    def count_request(self, method: str, code: str, model: str, seconds: float) -> None:
+        """`model`: a served model's name, or "" for a call refused before its model was known."""
+        key = (method, code, model)
+        children = self._per_call.get(key)
+        if children is None:  # a handful of (method, code, model) ever occur
+            children = (self.requests.labels(method=method, code=code, model=model), self.latency.labels(method=method))
+            self._per_call[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def count_texts(self, model: str, texts: int) -> None:
+        child = self._texts.get(model)
+        if child is None:
+            child = self._texts[model] = self.texts.labels(model=model)
+        child.inc(texts)
 
     def observe_cache(self, hits: int, misses: int) -> None:
         self.cache_hits.inc(hits)

@@ -1,15 +1,18 @@
 """The front-end's gRPC server: built around an injected backend, started, drained.
 
-`create_server` wires the request path (servicer, admission, coalescer,
-pipeline, health, metrics) around whatever `InferenceBackend` it is given:
-the Triton pool in production (`service.start_front_end`), a fake in tests.
+`create_server` wires the request path (servicer, admission, per model version
+a coalescer and pipeline, health, metrics, the admin port) around whatever
+`InferenceBackend`s it is given: Triton pools in production
+(`service.start_front_end`), fakes in tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,10 @@ from ..core.batching import Coalescer
 from ..core.inference import InferenceBackend, ServedModel
 from ..core.pipeline import ClassificationPipeline, Limits
 from ..core.result_cache import ResultCache
+from ..core.rollout import Rollouts, VersionSource
+from ..core.served_models import ServedModels, ServedVersion
 from ..settings import ServeSettings
+from .admin import admin_server
 from .admission import Admission
 from .auth import ApiKeyInterceptor
 from .health import SERVICE_NAME, HealthWatcher
@@ -54,13 +60,22 @@ class FrontEnd:
     port: int
     servicer: SentimentServicer
     health: HealthWatcher
-    coalescer: Coalescer
-    backend: InferenceBackend
+    models: ServedModels
     metrics: Metrics
+    rollouts: Rollouts | None = None
+    admin: grpc.aio.Server | None = None
+    admin_port: int = -1
     metrics_http: Any = None  # prometheus_client's HTTP server when --metrics-port is set
+    background: list[asyncio.Task[None]] = field(default_factory=list)  # e.g. following Triton's versions
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # closed last
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING first, refuse new calls, let calls in flight finish within the grace period."""
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        if self.admin is not None:
+            await self.admin.stop(0)  # no rollout starts while draining
         await self.health.shutdown()
         self.servicer.accepting = False  # new calls: UNAVAILABLE "shutting down", which clients retry elsewhere
         until = time.monotonic() + grace_s
@@ -70,23 +85,45 @@ class FrontEnd:
         # Every admitted call is done. What gRPC still holds was refused or never reached a handler (a call that
         # arrives as the port closes): it gets a moment, then CANCELLED, rather than the rest of the grace period.
         await self.server.stop(min(PORT_CLOSE_GRACE_S, max(0.0, until - time.monotonic())))
-        await self.coalescer.stop()
-        await self.backend.close()
+        await self.models.close()
+        for close in self.on_stop:
+            await close()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
 
 
-def _coalescer(settings: ServeSettings, backend: InferenceBackend, model: ServedModel, metrics: Metrics) -> Coalescer:
-    return Coalescer(
-        backend.infer,
-        pad_token_id=model.info.pad_token_id,
-        max_batch_texts=settings.max_batch_texts,
-        max_batch_tokens=settings.max_batch_tokens,
-        max_wait_s=settings.max_wait_ms / 1000.0,
-        max_concurrent_batches=settings.max_concurrent_batches * backend.replicas,
-        batch_overhead_tokens=settings.batch_overhead_tokens,
-        on_batch=metrics.observe_batch,
-    )
+@dataclass(frozen=True)
+class VersionBuilder:
+    """A model version's request path: its own coalescer (batches never mix versions) and pipeline."""
+
+    settings: ServeSettings
+    metrics: Metrics
+
+    def __call__(self, model: ServedModel, backend: InferenceBackend) -> ServedVersion:
+        settings = self.settings
+        coalescer = Coalescer(
+            backend.infer,
+            pad_token_id=model.info.pad_token_id,
+            max_batch_texts=settings.max_batch_texts,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_concurrent_batches=settings.max_concurrent_batches * backend.replicas,
+            batch_overhead_tokens=settings.batch_overhead_tokens,
+            on_batch=self.metrics.observe_batch,
+        )
+        coalescer.start()
+        cache = None
+        if settings.result_cache_entries > 0:
+            cache = ResultCache(settings.result_cache_entries, on_lookup=self.metrics.observe_cache)
+        limits = Limits(
+            settings.max_texts_per_request,
+            settings.max_chars_per_text,
+            settings.max_windows_per_text,
+            settings.max_windows_per_request,
+        )
+        return ServedVersion(
+            model, backend, ClassificationPipeline(model.info, model.tokenizer, coalescer, limits, cache)
+        )
 
 
 def _grpc_server(
@@ -115,54 +152,59 @@ def _grpc_server(
     return server, port
 
 
-async def create_server(settings: ServeSettings, backend: InferenceBackend, model: ServedModel) -> FrontEnd:
-    """Build and start the front-end around `backend` and `model`; `settings.port` 0 binds any free port.
+async def create_server(
+    settings: ServeSettings,
+    versions: Sequence[tuple[ServedModel, InferenceBackend]],
+    source: VersionSource | None = None,
+    default_model: str = "",
+) -> FrontEnd:
+    """Build and start the front-end around one version of each model; `settings.port` 0 binds any free port.
 
-    The backend is expected ready (its readiness is polled from here on for health).
+    The backends are expected ready (their readiness is polled from here on for health). With a `source`,
+    versions can be switched (`Rollouts`), on the admin port when `settings.admin_port` is not -1.
     """
     metrics = Metrics()
-    coalescer = _coalescer(settings, backend, model, metrics)
-    coalescer.start()
-    cache = None
-    if settings.result_cache_entries > 0:
-        cache = ResultCache(settings.result_cache_entries, on_lookup=metrics.observe_cache)
-        metrics.cache_entries.set_function(cache.__len__)
-    pipeline = ClassificationPipeline(
-        model.info,
-        model.tokenizer,
-        coalescer,
-        Limits(
-            settings.max_texts_per_request,
-            settings.max_chars_per_text,
-            settings.max_windows_per_text,
-            settings.max_windows_per_request,
-        ),
-        cache,
+    build = VersionBuilder(settings, metrics)
+    models = ServedModels([build(model, backend) for model, backend in versions], default_model)
+    metrics.cache_entries.set_function(
+        lambda: sum(len(v.pipeline.cache) for v in models.current() if v.pipeline.cache is not None)
     )
     servicer = SentimentServicer(
-        pipeline,
+        models,
         Admission(settings.max_inflight_requests, settings.max_inflight_texts),
         DeadlinePolicy(cap_s=settings.triton_timeout_s, margin_s=settings.deadline_margin_ms / 1000.0),
         metrics,
         access_log=settings.access_log,
     )
-    health = HealthWatcher(backend, settings.health_poll_s)
+    health = HealthWatcher(models, settings.health_poll_s)
     server, port = _grpc_server(settings, servicer, health)
+    rollouts = admin = None
+    admin_port = -1
+    if source is not None:
+        rollouts = Rollouts(models, source, build, drain_timeout_s=settings.triton_timeout_s + settings.grace_s)
+        if settings.admin_port >= 0:
+            admin, admin_port = admin_server(rollouts, settings.admin_port, settings.api_key)
     http_server = None
     if settings.metrics_port >= 0:
         http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
         log.info("metrics on http://%s:%d/metrics", settings.host, http_server.server_port)
     await health.start()
     await server.start()
-    info = model.info
-    log.info(
-        "serving %s (%s, %s, %d labels%s) on %s:%d",
-        info.model_name,
-        info.source,
-        info.dtype,
-        len(info.labels),
-        ", DEMO MODEL: random weights" if info.demo else "",
-        settings.host,
-        port,
-    )
-    return FrontEnd(server, port, servicer, health, coalescer, backend, metrics, http_server)
+    if admin is not None:
+        await admin.start()
+        log.info("admin (rollout, rollback) on 127.0.0.1:%d", admin_port)
+    for served in models.current():
+        info = served.info
+        log.info(
+            "serving %s version %s (%s, %s, %d labels%s)%s on %s:%d",
+            info.model_name,
+            info.version,
+            info.source,
+            info.dtype,
+            len(info.labels),
+            ", DEMO MODEL: random weights" if info.demo else "",
+            " as the default model" if served.name == models.default else "",
+            settings.host,
+            port,
+        )
+    return FrontEnd(server, port, servicer, health, models, metrics, rollouts, admin, admin_port, http_server)

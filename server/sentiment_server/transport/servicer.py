@@ -19,7 +19,8 @@ from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
 
 from .. import tracing
-from ..core.pipeline import ClassificationPipeline, Timings
+from ..core.pipeline import Timings
+from ..core.served_models import ServedModels, ServedVersion
 from ..errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -41,7 +42,7 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _STREAM_WINDOW = 64  # stream messages processed concurrently; responses still leave in order
 
 T = TypeVar("T")
-Work = Callable[[Any, str], Awaitable[T]]  # (request, request id) -> response
+Work = Callable[[Any, ServedVersion, str], Awaitable[T]]  # (request, its model's version, request id) -> response
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -73,6 +74,13 @@ class _Refusal(Exception):
         await context.abort(self.code, self.message, trailing_metadata=((REQUEST_ID_KEY, self.rid),))
 
 
+@dataclass(frozen=True)
+class _RefusedEarly:
+    """Stands in for the request of a call refused before its handler ran."""
+
+    error: ServiceError
+
+
 def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
     """The caller's x-request-id when it is safe to log, else a fresh one (32 hex digits, like uuid4().hex)."""
     for key, value in metadata:
@@ -84,22 +92,19 @@ def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
 class SentimentServicer(pb_grpc.SentimentServiceServicer):
     def __init__(
         self,
-        pipeline: ClassificationPipeline,
+        models: ServedModels,
         admission: Admission,
         deadlines: DeadlinePolicy,
         metrics: Metrics,
         access_log: bool = False,
     ) -> None:
-        self.pipeline = pipeline
+        self.models = models
         self.access_log = access_log
         self.admission = admission
         self.deadlines = deadlines
         self.metrics = metrics
         self.accepting = True
         self._stages = metrics.stages()
-        info = pipeline.info
-        self._model_name = info.model_name
-        self._model_version = info.version
 
     async def _handle(self, method: str, context: Context, request: Any, work: Work[T]) -> T:
         """A unary call: `_run`, and its refusal answered as the call's status."""
@@ -121,11 +126,16 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         started = time.monotonic()
         code = grpc.StatusCode.OK
         texts = 0
+        model = ""  # the metrics' label: only a model this service serves
         try:
             if request is MALFORMED:
                 raise InvalidInput(MALFORMED_MESSAGE)
+            if isinstance(request, _RefusedEarly):
+                raise request.error
             if not self.accepting:
                 raise ShuttingDown("server is shutting down")
+            served = self.models.get(messages.model_in(request))
+            model = served.name
             texts = messages.texts_in(request)
             with (
                 self.admission.admit(texts),
@@ -133,7 +143,7 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
             ):
                 self.metrics.in_flight.inc()
                 try:
-                    return await work(request, rid)
+                    return await work(request, served, rid)
                 finally:
                     self.metrics.in_flight.dec()
         except asyncio.CancelledError:
@@ -151,35 +161,41 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
         finally:
             elapsed = time.monotonic() - started
             # Metrics are kept once the reply is on its way, not on the caller's path.
-            asyncio.get_running_loop().call_soon(self.metrics.count_request, method, code.name, elapsed)
+            asyncio.get_running_loop().call_soon(self.metrics.count_request, method, code.name, model, elapsed)
             if self.access_log:
-                log.info("request %s %s %s texts=%d %.1fms", rid, method, code.name, texts, elapsed * 1000)
+                log.info(
+                    "request %s %s %s model=%s texts=%d %.1fms", rid, method, code.name, model, texts, elapsed * 1000
+                )
 
     async def refuse(self, method: str, context: Context, error: ServiceError) -> None:
         """A call refused before it reaches a handler (the API-key check): answered like any other refusal."""
 
-        async def fail(request: Any, rid: str) -> None:
-            raise error
+        async def never(request: Any, served: ServedVersion, rid: str) -> None:
+            raise AssertionError("a call refused early has no work")
 
-        await self._handle(method, context, None, fail)
+        await self._handle(method, context, _RefusedEarly(error), never)
 
-    async def _classify(self, request: pb.ClassifyRequest, context: Context, rid: str) -> pb.ClassifyResponse:
+    async def _classify(
+        self, request: pb.ClassifyRequest, served: ServedVersion, context: Context, rid: str
+    ) -> pb.ClassifyResponse:
         texts = messages.inputs(request)
         options = messages.classify_options(request)
-        output = await self.pipeline.classify(texts, options, self.deadlines.deadline(context))
-        asyncio.get_running_loop().call_soon(self._observe, output.timings, len(texts))
-        return messages.classify_response(output, rid, self._model_name, self._model_version)
+        output = await served.pipeline.classify(texts, options, self.deadlines.deadline(context))
+        asyncio.get_running_loop().call_soon(self._observe, output.timings, served.name, len(texts))
+        return messages.classify_response(output, rid, served.name, served.version)
 
-    def _observe(self, t: Timings, texts: int) -> None:
+    def _observe(self, t: Timings, model: str, texts: int) -> None:
         stages = self._stages
         stages.tokenize.observe(t.tokenize_s)
         stages.queue.observe(t.queue_s)
         stages.triton.observe(t.inference_s)
         stages.total.observe(t.total_s)
-        self.metrics.texts.inc(texts)
+        self.metrics.count_texts(model, texts)
 
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
-        return await self._handle("Classify", context, request, lambda r, rid: self._classify(r, context, rid))
+        return await self._handle(
+            "Classify", context, request, lambda r, served, rid: self._classify(r, served, context, rid)
+        )
 
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[Any], context: Context
@@ -194,7 +210,10 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
 
         async def one(message: Any) -> pb.ClassifyStreamResponse:
             response = await self._run(
-                "ClassifyStream", context, message, lambda m, rid: self._classify(m.request, context, rid)
+                "ClassifyStream",
+                context,
+                message,
+                lambda m, served, rid: self._classify(m.request, served, context, rid),
             )
             return pb.ClassifyStreamResponse(response=response, correlation_id=message.correlation_id)
 
@@ -226,19 +245,24 @@ class SentimentServicer(pb_grpc.SentimentServiceServicer):
                     pending.cancel()
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
-        async def work(request: pb.TokenizeRequest, rid: str) -> pb.TokenizeResponse:
+        async def work(request: pb.TokenizeRequest, served: ServedVersion, rid: str) -> pb.TokenizeResponse:
             options = request.truncation
-            encoded = await self.pipeline.tokenize(
+            pipeline = served.pipeline
+            encoded = await pipeline.tokenize(
                 messages.inputs(request), options.max_length, messages.truncation(options), messages.stride(options)
             )
-            return messages.tokenize_response(encoded, request.pad, self.pipeline.tokenizer.pad_token_id, rid)
+            return messages.tokenize_response(encoded, request.pad, pipeline.tokenizer.pad_token_id, rid)
 
         return await self._handle("Tokenize", context, request, work)
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:
-        info = self.pipeline.info
-
-        async def work(request: pb.GetModelInfoRequest, rid: str) -> pb.GetModelInfoResponse:
-            return messages.model_info_response(info)
+        async def work(request: pb.GetModelInfoRequest, served: ServedVersion, rid: str) -> pb.GetModelInfoResponse:
+            return messages.model_info_response(served.info)
 
         return await self._handle("GetModelInfo", context, request, work)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
+        async def work(request: pb.ListModelsRequest, served: ServedVersion, rid: str) -> pb.ListModelsResponse:
+            return messages.list_models_response(self.models.current(), self.models.default)
+
+        return await self._handle("ListModels", context, request, work)

@@ -1,0 +1,111 @@
+"""The models the front-end serves: per name, the version that answers new calls, switched atomically.
+
+A call takes its `ServedVersion` once, at its start, and keeps it to the end:
+its tokenizer, labels, coalescer and Triton version all come from that one
+version, whatever a rollout switches meanwhile. A switched-out version is
+drained (its calls finish) before it is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import InvalidInput, ModelNotFound
+from ..model_artifact import ModelInfo, model_name_problem
+from .inference import InferenceBackend, ServedModel
+from .pipeline import ClassificationPipeline
+
+_DRAIN_POLL_S = 0.01
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    """One model version as served: its tokenizer and labels, its coalescer, its backend pinned to it."""
+
+    model: ServedModel
+    backend: InferenceBackend
+    pipeline: ClassificationPipeline
+    ready: bool = field(default=True)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.model.info
+
+    @property
+    def name(self) -> str:
+        return self.model.info.model_name
+
+    @property
+    def version(self) -> str:
+        return self.model.info.version
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no call is using this version; False when some still are after `timeout_s`."""
+        until = time.monotonic() + timeout_s
+        while self.pipeline.in_flight:
+            if time.monotonic() >= until:
+                return False
+            await asyncio.sleep(_DRAIN_POLL_S)
+        return True
+
+    async def refresh(self, timeout_s: float) -> bool:
+        self.ready = await self.backend.refresh(timeout_s)
+        return self.ready
+
+    async def close(self) -> None:
+        await self.pipeline.coalescer.stop()
+        await self.backend.close()
+
+
+class ServedModels:
+    """Name -> the version answering now; the default model answers calls that name none."""
+
+    def __init__(self, versions: Iterable[ServedVersion], default: str = "") -> None:
+        self._current = {v.name: v for v in versions}
+        if not self._current:
+            raise ValueError("at least one model is needed")
+        self.default = default or min(self._current)
+        if self.default not in self._current:
+            raise ValueError(f"default model {self.default!r} is not among {sorted(self._current)}")
+        self._history: dict[str, list[str]] = {}  # versions switched away from, oldest first
+
+    def get(self, name: str) -> ServedVersion:
+        """The version answering `name` now ("" = the default model); INVALID_ARGUMENT or NOT_FOUND otherwise."""
+        served = self._current.get(name or self.default)
+        if served is not None:
+            return served
+        problem = model_name_problem(name)
+        if problem is not None:
+            raise InvalidInput(problem)
+        raise ModelNotFound(f"no model named {name!r}; this service serves {', '.join(sorted(self._current))}")
+
+    def current(self) -> list[ServedVersion]:
+        """Every model's current version, by name."""
+        return [self._current[name] for name in sorted(self._current)]
+
+    def switch(self, new: ServedVersion) -> ServedVersion:
+        """New calls for `new.name` get `new` from now on; returns the version they got before."""
+        old = self.get(new.name)
+        self._current[new.name] = new
+        history = self._history.setdefault(new.name, [])
+        if history and history[-1] == new.version:
+            history.pop()  # a rollback: the version it went back to is no longer "before"
+        else:
+            history.append(old.version)
+        return old
+
+    def previous_version(self, name: str) -> str | None:
+        """The version `name` answered with before the current one, if this process switched it."""
+        history = self._history.get(name)
+        return history[-1] if history else None
+
+    async def refresh(self, timeout_s: float) -> bool:
+        """Probe every model's current version; True while all of them can answer."""
+        ready = await asyncio.gather(*(v.refresh(timeout_s) for v in self._current.values()))
+        return all(ready)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(v.close() for v in self._current.values()))
