@@ -340,13 +340,17 @@ class Load:
         answer comes (most streams end that way).
         """
         pb = self.pb
+        stream_deadline_s = max(self.timeout_s, 5 * 60)
         while time.monotonic() < until and not stop.is_set():
-            call = stub.ClassifyStream(timeout=max(self.timeout_s, 5 * 60))
+            opened = time.monotonic()
+            call = stub.ClassifyStream(timeout=stream_deadline_s)
             cancelled = False
             try:
                 for i in range(STREAM_MESSAGES):
                     if time.monotonic() >= until or stop.is_set():
                         break
+                    if time.monotonic() - opened > stream_deadline_s - 2 * self.timeout_s:
+                        break  # end it cleanly, as a client must, before its deadline cuts a message short
                     request = self._classify_request()
                     started = time.monotonic()
                     await call.write(pb.ClassifyStreamRequest(request=request, correlation_id=str(i)))
