@@ -4,8 +4,11 @@ What can be checked here is checked: every file parses and passes its schema
 (the compose spec; Kubernetes' own OpenAPI schemas, strict, bundled by
 kubernetes-validate), every image is pinned, and the files agree with the code:
 SENTIMENT_* names and values build the settings objects, ports, volume paths,
-the model name and the model repository layout. Last, the front-end image's
-command and environment run here as a plain process against the embedded Triton.
+the model name and the model repository layout; Triton polls the repository so
+versions roll, the admin port is never published, and the compose and kubectl
+commands docs/models.md gives parse with the images' entrypoints. Last, the
+front-end image's command and environment run here as a plain process against
+the embedded Triton.
 """
 
 from __future__ import annotations
@@ -31,14 +34,23 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from sentiment_server.cli import build_parser
 from sentiment_server.model_artifact import INFO_FILE, version_dir
-from sentiment_server.settings import ExportSettings, ServeSettings, env_name, settings_from
+from sentiment_server.settings import (
+    AdminSettings,
+    ExportSettings,
+    ServeSettings,
+    VersionsSettings,
+    env_name,
+    settings_from,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "server" / "Dockerfile"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
+MODELS_DOC = ROOT / "docs" / "models.md"
 OVERLAYS = [KUBERNETES / "base", *sorted(p for p in (KUBERNETES / "overlays").iterdir() if p.is_dir())]
 # The oldest Kubernetes release the manifests promise to work on (gRPC probes are GA
 # since 1.27), and the newest one kubernetes-validate knows.
@@ -139,10 +151,15 @@ def rendered() -> list[dict[str, Any]]:
     return [doc for d in OVERLAYS for doc in kustomize(d)] if CAN_RENDER else []
 
 
+def pod_spec(doc: Mapping[str, Any]) -> dict[str, Any]:
+    spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    return spec["template"]["spec"]  # type: ignore[no-any-return]
+
+
 def pod_containers(docs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for doc in docs:
-        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
-            pod = doc["spec"]["template"]["spec"]
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob"):
+            pod = pod_spec(doc)
             yield from pod["containers"] + pod.get("initContainers", [])
 
 
@@ -184,6 +201,42 @@ def is_pinned(image: str) -> bool:
 
 def server_version() -> str:
     return importlib.metadata.version("sentiment-server")
+
+
+def check_triton_polls(triton_flags: Mapping[str, str]) -> None:
+    """Triton follows the repository: a changed config.pbtxt (version_policy) is reloaded, so versions roll."""
+    assert triton_flags["model-control-mode"] == "poll"
+    assert 0 < int(triton_flags["repository-poll-secs"]) <= 10
+
+
+# The settings object of each sentiment-server command the docs run in a container.
+COMMAND_SETTINGS: dict[str, type[Any]] = {
+    "export": ExportSettings,
+    "versions": VersionsSettings,
+    "serve": ServeSettings,
+    "rollout": AdminSettings,
+    "rollback": AdminSettings,
+}
+
+
+def check_container_command(argv: list[str], env: Mapping[str, str]) -> Any:
+    """A command line as a container runs it: sentiment-server's settings, or a sentiment-client subcommand."""
+    from sentiment_client.cli import _parser as client_parser
+
+    if argv[0] == "sentiment-client":
+        return client_parser().parse_args(argv[1:])
+    assert argv[0] == "sentiment-server", argv
+    args = build_parser().parse_args(argv[1:])
+    return settings_from(COMMAND_SETTINGS[args.command], args, env)
+
+
+def doc_commands(prefix: str, path: Path = MODELS_DOC) -> list[list[str]]:
+    """The commands in `path` (code block lines, inline code) that start with `prefix`, split as a shell would."""
+    found = []
+    for line in path.read_text().splitlines():
+        spans = [line.strip()] if line.startswith("    ") else re.findall(r"`([^`]+)`", line)
+        found += [shlex.split(text, comments=True) for text in spans if text.startswith(prefix)]
+    return found
 
 
 # --------------------------------------------------------------------------- compose
@@ -229,7 +282,8 @@ def test_compose_agrees_with_the_code() -> None:
     triton = services["triton"]
     triton_flags = flags(triton["command"])
     assert mounts["triton"] == [f"{volume}:{triton_flags['model-repository']}:ro"]
-    assert triton_flags["model-control-mode"] == "none"
+    check_triton_polls(triton_flags)
+    assert not serve.triton_model_control, "a polling Triton refuses loads: the front-end follows it"
     assert volume in compose()["volumes"]
 
     # The front-end reaches Triton's gRPC port by service name; the health check uses the HTTP one.
@@ -242,12 +296,50 @@ def test_compose_agrees_with_the_code() -> None:
     [port] = services["frontend"]["ports"]
     assert port["target"] == serve.port
     assert port["host_ip"] == "127.0.0.1", "published on the host's loopback unless asked otherwise"
+    # The admin port (rollout, rollback) stays on the container's loopback: published nowhere.
+    assert serve.admin_port not in (-1, serve.port)
+    for service in services.values():
+        assert str(serve.admin_port) not in map(str, service.get("expose", []))
+        for published in service.get("ports", []):
+            assert serve.admin_port not in (published.get("target"), published.get("published")), published
     assert int(services["frontend"]["stop_grace_period"].removesuffix("s")) > serve.grace_s
 
     # Overrides reach the settings (e.g. SENTIMENT_MODEL_NAME=emotion3 for both sides).
     changed = compose({"SENTIMENT_MODEL_NAME": "emotion3", "SENTIMENT_DTYPE": "bf16"})["services"]
     assert settings_from(ExportSettings, env=service_env(changed["export"])).model_name == "emotion3"
     assert settings_from(ServeSettings, env=service_env(changed["frontend"])).model_name == "emotion3"
+
+
+def test_compose_rollout_commands_in_the_docs_work() -> None:
+    """docs/models.md's compose steps, as `docker compose run/exec` hands them to the images' entrypoints."""
+    stages = dockerfile_stages()
+    services = compose()["services"]
+    runs = doc_commands("docker compose run ")
+    execs = doc_commands("docker compose exec ")
+    assert any("versions" in r for r in runs) and any("rollout" in e for e in execs), (runs, execs)
+    for words in runs:
+        words = words[3:]
+        env = {**stages["export"].env, **service_env(services["export"])}
+        while words[0].startswith("-"):  # run's own options: --rm, -e NAME=VALUE, -v SRC:DST
+            option = words.pop(0)
+            if option in ("-e", "-v"):
+                value = words.pop(0)
+                if option == "-e":
+                    name, _, setting = value.partition("=")
+                    env[name] = setting
+        service, args = words[0], words[1:]
+        assert service == "export", "only the export service mounts the repository writable"
+        stage = stages[services[service]["build"]["target"]]
+        check_container_command(stage.exec_form("ENTRYPOINT") + (args or stage.exec_form("CMD")), env)
+    for words in execs:
+        service, argv = words[3], words[4:]
+        assert service == "frontend"
+        env = {**stages["frontend"].env, **service_env(services[service])}
+        settings = check_container_command(argv, env)
+        if isinstance(settings, AdminSettings):  # the front-end's own admin port, on its loopback
+            serve = settings_from(ServeSettings, env=env)
+            assert settings.admin_url == f"127.0.0.1:{serve.admin_port}"
+            assert settings.api_key == serve.api_key
 
 
 # --------------------------------------------------------------------------- images
@@ -263,6 +355,7 @@ def test_dockerfile_agrees_with_the_code() -> None:
     serve = check_settings(ServeSettings, {k: v for k, v in frontend.env.items() if k.startswith("SENTIMENT_")})
     assert frontend.exec_form("ENTRYPOINT") + frontend.exec_form("CMD") == ["sentiment-server", "serve"]
     assert frontend.last("EXPOSE") == str(serve.port)
+    assert str(serve.admin_port) not in (frontend.last("EXPOSE") or "").split(), "the admin port is loopback only"
     assert serve.host == "0.0.0.0"
     exported = check_settings(ExportSettings, {k: v for k, v in export.env.items() if k.startswith("SENTIMENT_")})
     assert exported.backend == "pytorch"
@@ -394,7 +487,8 @@ def test_kubernetes_agrees_with_the_code(directory: Path) -> None:
     grpc_port = int(triton_flags["grpc-port"])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert triton[probe]["grpc"]["port"] == grpc_port
-    assert triton_flags["model-control-mode"] == "none"
+    check_triton_polls(triton_flags)
+    assert not serve.triton_model_control, "a polling Triton refuses loads: the front-end follows it"
 
     # Client-side balancing: the front-end lists every Triton pod by its stable name
     # through the headless Service the StatefulSet governs.
@@ -408,6 +502,11 @@ def test_kubernetes_agrees_with_the_code(directory: Path) -> None:
     # The front-end: gRPC readiness on the port it binds, resources for the HPA, HPA + PDB on it.
     assert frontend["readinessProbe"]["grpc"]["port"] == serve.port
     assert {p["containerPort"] for p in frontend["ports"]} == {serve.port, serve.metrics_port}
+    # The admin port (rollout, rollback) is each pod's loopback: no container port, no Service.
+    assert serve.admin_port not in (-1, serve.port, serve.metrics_port)
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        for p in svc["spec"]["ports"]:
+            assert serve.admin_port not in (p["port"], p.get("targetPort")), svc["metadata"]["name"]
     assert {"cpu", "memory"} <= set(frontend["resources"]["requests"])
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     hpa = find(docs, "HorizontalPodAutoscaler", "sentiment-frontend")
@@ -426,8 +525,20 @@ def test_kubernetes_agrees_with_the_code(directory: Path) -> None:
         [v] = [v for v in pod["volumes"] if v["name"] == "model-repository"]
         return v["persistentVolumeClaim"]["claimName"], m["mountPath"], m.get("readOnly", False)
 
+    # The versions step: a CronJob that never runs by itself, the front-end image, the repository writable.
+    cron = find(docs, "CronJob", "sentiment-versions")
+    assert cron["spec"]["suspend"] is True
+    versions_pod = pod_spec(cron)
+    [versions] = versions_pod["containers"]
+    assert versions["image"] == frontend["image"], "no torch and no GPU for rewriting config.pbtxt"
+    assert "nvidia.com/gpu" not in versions["resources"].get("limits", {})
+    listed = settings_from(VersionsSettings, build_parser().parse_args(versions["args"]), pod_env(docs, versions))
+    assert listed.model_name == serve.model_name
+    assert listed.serve == "", "left alone it only lists the versions"
+
     claim = mount(export_pod, export)[0]
     assert mount(export_pod, export) == (claim, str(exported.model_repository), False)
+    assert mount(versions_pod, versions) == (claim, str(listed.model_repository), False)
     assert mount(frontend_pod, frontend) == (claim, str(serve.model_repository), True)
     assert mount(triton_pod, triton) == (claim, triton_flags["model-repository"], True)
     find(docs, "PersistentVolumeClaim", claim)
@@ -438,6 +549,52 @@ def test_kubernetes_agrees_with_the_code(directory: Path) -> None:
         [wait] = pod["initContainers"]
         assert expected in wait["command"][-1]
         assert "SENTIMENT_MODEL_NAME" in pod_env(docs, wait)
+
+
+def test_kubernetes_rollout_commands_in_the_docs_work() -> None:
+    """docs/models.md's kubectl steps name what the production overlay renders, and their commands parse."""
+    overlay = KUBERNETES / "overlays" / "production"
+    docs = kustomize(overlay)
+    namespace = yaml.safe_load((overlay / "kustomization.yaml").read_text())["namespace"]
+    deployment = find(docs, "Deployment", "sentiment-frontend")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    commands = doc_commands("kubectl ")
+    verbs = set()
+    for words in commands:
+        assert words[1:3] == ["-n", namespace] or words[1:3] == ["apply", "-k"], words
+        verb = words[3] if words[1] == "-n" else words[1]
+        verbs.add(verb)
+        if verb == "apply":
+            assert (ROOT / words[3]).resolve() == overlay.resolve()
+        elif verb == "set":  # set env cronjob/NAME NAME=VALUE...: settings of the versions command
+            assert words[4:5] == ["env"] and words[5].startswith("cronjob/"), words
+            cron = find(docs, "CronJob", words[5].removeprefix("cronjob/"))
+            [c] = pod_spec(cron)["containers"]
+            env = {**pod_env(docs, c), **dict(w.split("=", 1) for w in words[6:])}
+            check_settings(VersionsSettings, {k: v for k, v in env.items() if k.startswith("SENTIMENT_")})
+            check_container_command(["sentiment-server", *c["args"]], env)
+        elif verb == "create":  # create job --from=cronjob/NAME JOB
+            source = words[5].removeprefix("--from=cronjob/")
+            find(docs, "CronJob", source)
+        elif verb == "exec":  # exec POD -c frontend -- ARGV, in the front-end container's environment
+            container_name, argv = words[6], words[words.index("--") + 1 :]
+            c = container(deployment["spec"]["template"]["spec"], container_name)
+            settings = check_container_command(argv, pod_env(docs, c))
+            if isinstance(settings, AdminSettings):
+                serve = settings_from(ServeSettings, env=pod_env(docs, c))
+                assert settings.admin_url == f"127.0.0.1:{serve.admin_port}"
+        elif verb == "delete":
+            assert words[4:6] == ["job", "sentiment-export"]
+            find(docs, "Job", "sentiment-export")
+        elif verb == "rollout":
+            assert words[-1] == f"deployment/{deployment['metadata']['name']}"
+    assert {"apply", "set", "create", "exec", "wait", "rollout"} <= verbs, verbs
+    # The front-end pods, listed by a label of theirs (the loop over replicas).
+    selectors = re.findall(r"get pods -l (\S+)", MODELS_DOC.read_text())
+    assert selectors and all(dict([s.split("=", 1)]).items() <= labels.items() for s in selectors), selectors
+    jobs = {w for words in commands for w in words if w.startswith("job/")}
+    created = {words[-1] for words in commands if "create" in words}
+    assert {j.removeprefix("job/") for j in jobs} <= created | {"sentiment-export"}, jobs
 
 
 @pytest.mark.triton
