@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -36,9 +36,23 @@ def free_port() -> int:
 
 
 class FrontEnd:
-    """`sentiment-server serve --port 0` as a child process; its port is read from its first line."""
+    """`sentiment-server serve --port 0` as a child process; its port is read from its first line.
 
-    def __init__(self, repository: Path, triton_url: str, log_dir: Path, args: Sequence[str] = ()) -> None:
+    With `admin=True` its admin port (`--admin-port 0`: any free loopback port) is read too, from the
+    line serve prints after the first one, into `admin_target`; otherwise that line is left unread.
+    """
+
+    admin_target: str | None = None  # "127.0.0.1:PORT" of the admin service (Rollout, Rollback), when asked
+
+    def __init__(
+        self,
+        repository: Path,
+        triton_url: str,
+        log_dir: Path,
+        args: Sequence[str] = (),
+        *,
+        admin: bool = False,
+    ) -> None:
         self.metrics_port = free_port()
         self.log_path = log_dir / "frontend.log"
         self._log = self.log_path.open("w")
@@ -70,19 +84,31 @@ class FrontEnd:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.target = self._read_target(timeout_s=120)
+        if admin:
+            self.admin_target = self._read_address(
+                r"admin \(rollout, rollback\) on ([\d.]+):(\d+)", 30, "its admin port"
+            )
 
     def _read_target(self, timeout_s: float) -> str:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if line or self.process.poll() is not None:
-                break
-        match = re.search(r"serving on ([\d.]+):(\d+)", line)
+        return self._read_address(r"serving on ([\d.]+):(\d+)", timeout_s, "")
+
+    def _read_address(self, pattern: str, timeout_s: float, what: str) -> str:
+        """HOST:PORT from the next stdout line, which must match `pattern` within `timeout_s`; else stopped, raised.
+
+        The line is read by a helper thread, so a process that prints nothing cannot block past the timeout.
+        """
+        stdout = self.process.stdout
+        assert stdout is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        line = lines[0] if lines else ""
+        match = re.search(pattern, line)
         if not match:
             self.stop()
-            raise RuntimeError(f"front-end did not start: {line!r}\n{self.log_path.read_text()[-3000:]}")
+            said = f" {what}" if what else ""
+            raise RuntimeError(f"front-end did not start{said}: {line!r}\n{self.log_path.read_text()[-3000:]}")
         return f"{match.group(1)}:{match.group(2)}"
 
     def metrics(self) -> dict[str, float]:
@@ -120,10 +146,12 @@ class Processes:
         *,
         serve_args: Sequence[str] = (),
         triton_env: Mapping[str, str] | None = None,
+        admin: bool = False,
     ) -> None:
         self.repository = repository
         self.log_dir = log_dir
         self.serve_args = list(serve_args)
+        self.admin = admin  # the front-end's admin port is read too (FrontEnd.admin_target)
         self.triton_env = dict(triton_env or {})
         self.triton: EmbeddedTriton | None = None
         self.front: FrontEnd | None = None
@@ -149,7 +177,7 @@ class Processes:
         if self.front is not None:
             self.front.stop()
             self.front = None
-        self.front = FrontEnd(self.repository, self.triton.grpc_url, self.log_dir, args)
+        self.front = FrontEnd(self.repository, self.triton.grpc_url, self.log_dir, args, admin=self.admin)
         log.info("front-end pid %s on %s", self.front.process.pid, self.front.target)
         return self.front
 

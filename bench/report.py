@@ -33,7 +33,8 @@ SLOW = 5.0  # texts/s below which rates keep a digit more (long texts: about one
 # The concurrency of the one-text-per-call target; long texts: 16 callers already queue minutes of work.
 TARGET_CONCURRENCY = {"long": 16}
 
-PATHS = ("limit", "pipeline", "triton_direct", "service_unary", "service_batch", "service_stream")
+# service_rollout (`run.py --rollout`): a version rollout under load; its notes say how throughput dipped.
+PATHS = ("limit", "pipeline", "triton_direct", "service_unary", "service_batch", "service_stream", "service_rollout")
 LABELS = {
     "limit": "limit (TorchScript in-process)",
     "pipeline": "seed's way (transformers pipeline, fp32)",
@@ -41,6 +42,7 @@ LABELS = {
     "service_unary": "service, Classify, 1 text/call",
     "service_batch": "service, Classify, many texts/call",
     "service_stream": "service, ClassifyStream",
+    "service_rollout": "service, Classify, 1 text/call, during a version rollout",
 }
 
 
@@ -104,8 +106,35 @@ def _fmt(x: float, digits: int = 1) -> str:
     return "–" if isinstance(x, float) and math.isnan(x) else f"{x:.{digits}f}"
 
 
+def _rollout_note(n: dict[str, Any]) -> str:
+    """service_rollout: the switch and the dip (sentences/s is the baseline; latencies: calls during the rollout)."""
+    switched = f"v{n['from_version']}→v{n['to_version']}" if "to_version" in n else "FAILED"
+    parts = [f"rollout {switched} in {n['rollout_s']:.1f} s"]
+    if "rollout_error" in n:
+        parts.append(f"refused: {n['rollout_error']}")
+    if "lowest_window_fraction" in n:
+        parts.append(f"lowest 1-s window {n['lowest_window_fraction']:.2f}× the baseline")
+    parts.append(f"{n['dip_s']} s below {100 * n['dip_threshold']:.0f}%")
+    failed = f"{n['failed_calls']} failed calls"
+    if n.get("failed_codes"):
+        failed += " (" + ", ".join(f"{code} {count}" for code, count in n["failed_codes"].items()) + ")"
+    parts.append(failed)
+    parts.append("answered: " + ", ".join(f"v{v} {count}" for v, count in n["calls_by_version"].items()))
+    parts.append(f"after Rollout returned only v{n.get('to_version', '?')}: {'yes' if n['only_new_after'] else 'NO'}")
+    parts.append(
+        f"latency columns: calls during the rollout (baseline p50 {n['baseline_p50_ms']:.1f}, p99 {n['baseline_p99_ms']:.1f} ms)"
+    )
+    if "replayed_texts" in n:
+        parts.append(f"{n['replayed_texts']} export texts replayed")
+    if "foreign_cpu" in n and n["foreign_cpu"] >= 0.1:
+        parts.append(f"others used {n['foreign_cpu']:.1f} cores (baseline)")
+    return ", ".join(parts)
+
+
 def _note(row: Row) -> str:
     n = row.notes
+    if row.path == "service_rollout":
+        return _rollout_note(n)
     parts = []
     if "batch_size" in n:
         parts.append(f"batch {n['batch_size']}" + (" windows" if "windows_per_text" in n else ""))
@@ -185,7 +214,9 @@ def summary(rows: Sequence[Row], dtype: str) -> str:
                 next((r.texts_per_call for r in rows if r.path == "pipeline" and r.workload == workload), 0),
             )
         )
-        service = [r for r in rows if r.workload == workload and r.path.startswith("service_")]
+        service = [
+            r for r in rows if r.workload == workload and r.path.startswith("service_") and r.path != "service_rollout"
+        ]
         if seed is not None and service:
             best = max(service, key=lambda r: r.sentences_per_s)
             times = best.sentences_per_s / seed.sentences_per_s if seed.sentences_per_s else float("nan")
@@ -194,6 +225,19 @@ def summary(rows: Sequence[Row], dtype: str) -> str:
                 f"x{best.texts_per_call}) = {times:.2f} x the seed's way (target >= 2.5): "
                 f"{'met' if times >= 2.5 else 'NOT met'}"
             )
+        for r in rows:
+            if r.path == "service_rollout" and r.workload == workload:
+                n = r.notes
+                ok = "to_version" in n and n["failed_calls"] == 0 and n["only_new_after"]
+                lowest = n.get("lowest_window_fraction", float("nan"))
+                lines.append(
+                    f"- {workload}: version rollout under load ({r.concurrency} callers, {r.dtype}): "
+                    f"{n['rollout_s']:.1f} s, lowest 1-s window {lowest:.2f} x the baseline "
+                    f"({n['baseline_per_s']:.1f}/s), {n['dip_s']} s below {100 * n['dip_threshold']:.0f}%, "
+                    f"{n['failed_calls']} failed calls, only the new version after the switch: "
+                    f"{'yes' if n['only_new_after'] else 'NO'} (target: switched, 0 failed calls, only the new "
+                    f"version after): {'met' if ok else 'NOT met'}"
+                )
     return "\n".join(lines)
 
 
@@ -256,7 +300,8 @@ def chart(rows: Sequence[Row], path: Path, title: str) -> None:
 
     workloads = list(dict.fromkeys(r.workload for r in rows))
     fig, axes = plt.subplots(2, len(workloads), figsize=(7.5 * len(workloads), 9), squeeze=False)
-    colors = dict(zip(PATHS, ("#444444", "#b07aa1", "#4e79a7", "#59a14f", "#8cd17d", "#f28e2b"), strict=True))
+    palette = ("#444444", "#b07aa1", "#4e79a7", "#59a14f", "#8cd17d", "#f28e2b", "#e15759")
+    colors = dict(zip(PATHS, palette, strict=True))
     for col, workload in enumerate(workloads):
         mine = [r for r in rows if r.workload == workload]
         names = [_short_name(r) for r in mine]
@@ -300,6 +345,7 @@ def _short_name(r: Row) -> str:
         "service_unary": "service",
         "service_batch": "service batch",
         "service_stream": "service stream",
+        "service_rollout": "service rollout",
     }[r.path]
     return f"{base} {r.dtype} c{r.concurrency}×{r.texts_per_call}"
 

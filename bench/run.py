@@ -23,6 +23,18 @@ more than serve's `--triton-timeout-s` (30 s), which caps a call's whole time
 in the front-end, queue included: calls then fail with DEADLINE_EXCEEDED and the
 run stops; `--serve-arg=--triton-timeout-s=300` lets them finish.
 
+`--rollout` (off by default) adds one `service_rollout` row (first workload,
+main dtype), measured after the others: a copy of the exported repository with
+version 1 staged again as version 2, its own Triton and front-end
+(`serve --triton-model-control`), 16 callers with one text per Classify call,
+and the admin service's Rollout to version 2 in the middle of the load (see
+bench/rollout.py). Its sentences/s is the baseline before the rollout, its
+latencies those of the calls during it; its notes give the lowest 1-s window
+during the rollout over the baseline, the dip's length (1-s windows below 80 %),
+the rollout's wall time, failed calls, calls answered by each version, and
+whether only version 2 answered once Rollout returned. About half a minute
+more, plus a Triton start.
+
 The machine may be shared: each measurement waits for other people's
 processes to leave the CPUs alone and is repeated when they did not (see
 machine.Quiet); the `foreign_cpu` note says how many cores others used anyway.
@@ -49,6 +61,7 @@ import inprocess
 import machine
 import models
 import report
+import rollout
 from clients import Service, TritonDirect, paired_c1
 from load import Measurement
 from procs import Processes
@@ -373,6 +386,9 @@ def measure_all(
             for w in workloads:
                 rate = limit_of(other, w.name).sentences_per_s
                 rows += asyncio.run(networked(procs, w, other, plan, quiet, rate, throughput_only=True))
+    if args.rollout:
+        log.info("%s: a version rollout under load (%s)", workloads[0].name, dtype)
+        rows.append(rollout.rollout_row(repository, workloads[0], dtype, log_dir, serve_args, quiet))
     return rows
 
 
@@ -399,6 +415,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.{json,md,png} go")
     parser.add_argument("--export-arg", action="append", default=[], help="extra `sentiment-server export` flag")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `sentiment-server serve` flag")
+    parser.add_argument(
+        "--rollout", action="store_true",
+        help="also the service_rollout row: a version rollout under load on the first workload (bench/rollout.py)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
