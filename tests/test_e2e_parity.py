@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import MODELS, Service
+from conftest import MODELS, Service, start_service
 from sentiment_client import SentimentClient
 
 pytestmark = pytest.mark.triton
@@ -42,11 +45,17 @@ def pipeline_scores(checkpoint, texts):
     return clf(texts, truncation=True)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_probabilities_equal_the_transformers_pipeline(name, services: dict[str, Service], checkpoints):
-    with SentimentClient(services[name].target) as client:
-        got = client.classify(TEXTS, timeout=120).results
-    expected = pipeline_scores(checkpoints[name], TEXTS)
+@pytest.fixture(scope="module")
+def every_model(triton: object, model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One front-end serving every test model at once (`--models` empty: the whole repository)."""
+    logs = tmp_path_factory.mktemp("every-model")
+    started = start_service(model_repository, "sentiment", triton.grpc_url, logs, "--models", "")  # type: ignore[attr-defined]
+    yield started
+    assert started.stop() == 0, started.log.read_text()[-2000:]
+
+
+def assert_pipeline_parity(name: str, got, checkpoint) -> None:
+    expected = pipeline_scores(checkpoint, TEXTS)
     assert len(got) == len(TEXTS)
     for text, result, reference in zip(TEXTS, got, expected, strict=True):
         by_label = {s.label: s.score for s in result.scores}
@@ -55,6 +64,25 @@ def test_probabilities_equal_the_transformers_pipeline(name, services: dict[str,
         np.testing.assert_allclose([by_label[k] for k in ref], list(ref.values()), atol=1e-5, err_msg=text[:40])
         assert result.label == reference[0]["label"]
         assert [s.score for s in result.scores] == sorted((s.score for s in result.scores), reverse=True)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_probabilities_equal_the_transformers_pipeline(name, services: dict[str, Service], checkpoints):
+    with SentimentClient(services[name].target) as client:
+        got = client.classify(TEXTS, timeout=120).results
+    assert_pipeline_parity(name, got, checkpoints[name])
+
+
+def test_one_front_end_serves_every_model_with_parity(every_model: Service, checkpoints):
+    with SentimentClient(every_model.target) as client:
+        listed = client.list_models()
+        assert listed.default_model == "sentiment"
+        assert set(MODELS) <= {m.name for m in listed.models}
+        for name in MODELS:
+            result = client.classify(TEXTS, model=name, timeout=120)
+            assert (result.model_name, result.model_version) == (name, "1")
+            assert_pipeline_parity(name, result.results, checkpoints[name])
+            assert client.model_info(model=name).labels == MODELS[name][0]
 
 
 def test_truncation_is_reported(service: Service):

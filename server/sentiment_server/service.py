@@ -143,29 +143,50 @@ class TritonVersions:
             log.error("model %s: Triton did not unload version %s: %s", model_name, version, exc)
 
     async def follow(self, rollouts: Rollouts) -> None:
-        """Switch each model to the newest version Triton has ready (and the repository describes)."""
+        """Switch each model as `version_to_follow` says, every `version_poll_s`."""
+        ready_before: dict[str, set[str]] = {}
         while True:
             await asyncio.sleep(self.settings.version_poll_s)
             for served in rollouts.models.current():
                 try:
-                    await self._follow_one(rollouts, served.name, served.version)
+                    ready = await self._triton.ready_versions(served.name, max(1.0, self.settings.health_poll_s))
                 except ServiceError as exc:
                     log.debug("model %s: cannot look for new versions: %s", served.name, exc)
+                    continue
+                exported = set(model_versions(self.repository, served.name))
+                usable = [v for v in ready if v in exported and (served.name, v) not in self._refused]
+                target = version_to_follow(served.version, usable, ready_before.get(served.name))
+                ready_before[served.name] = set(ready)
+                if target is not None:
+                    await self._follow_to(rollouts, served.name, target)
 
-    async def _follow_one(self, rollouts: Rollouts, name: str, current: str) -> None:
-        ready = await self._triton.ready_versions(name, timeout_s=max(1.0, self.settings.health_poll_s))
-        known = set(model_versions(self.repository, name))
-        newer = [v for v in ready if v in known and int(v) > int(current) and (name, v) not in self._refused]
-        if not newer:
-            return
+    async def _follow_to(self, rollouts: Rollouts, name: str, version: str) -> None:
         try:
-            await rollouts.rollout(name, newer[-1])
+            await rollouts.rollout(name, version)
         except RolloutRefused as exc:
-            self._refused.add((name, newer[-1]))  # said once; a person decides
-            log.error("model %s: not switching to version %s, which Triton serves: %s", name, newer[-1], exc)
+            self._refused.add((name, version))  # said once; a person decides
+            log.error("model %s: not switching to version %s, which Triton serves: %s", name, version, exc)
 
     async def close(self) -> None:
         await self._triton.close()
+
+
+def version_to_follow(current: str, ready: list[str], ready_before: set[str] | None) -> str | None:
+    """The version a front-end that follows Triton switches to, if any.
+
+    `ready`: the versions Triton has ready now (oldest first) that the repository describes;
+    `ready_before`: those of the previous look (None on the first). A newer version that has just become
+    ready is followed; one that was ready already is not, so a rollback an operator made sticks. When
+    Triton no longer has the current version ready, the newest ready one takes over.
+    """
+    if not ready:
+        return None
+    if current not in ready:
+        return ready[-1]
+    if ready_before is None:
+        return None
+    fresh = [v for v in ready if v not in ready_before and int(v) > int(current)]
+    return fresh[-1] if fresh else None
 
 
 async def start_front_end(

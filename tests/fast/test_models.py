@@ -244,3 +244,24 @@ def test_admin_needs_the_api_key(versions: FakeVersions) -> None:
         assert versions.started == []
         rolled = admin(server).Rollout(admin_pb2.RolloutRequest(), metadata=(("x-api-key", "k3y"),), timeout=30)
         assert rolled.model_version == "2"
+
+
+@pytest.mark.parametrize(
+    ("current", "ready", "before", "expected"),
+    [
+        ("1", ["1"], None, None),  # the first look only remembers
+        ("1", ["1", "2"], None, None),  # ready before this process looked: not "new"
+        ("1", ["1", "2"], {"1"}, "2"),  # a newer version has just become ready: follow it
+        ("1", ["1", "2", "3"], {"1"}, "3"),  # the newest of those
+        ("1", ["1", "2"], {"1", "2"}, None),  # an operator rolled back to 1 while 2 stays ready: it sticks
+        ("2", ["1", "2"], {"2"}, None),  # an older version appearing is no reason to switch
+        ("2", ["1"], {"1", "2"}, "1"),  # the current one is gone: the newest ready one takes over
+        ("2", [], {"2"}, None),  # nothing ready (Triton restarting): wait
+    ],
+)
+def test_which_version_a_front_end_that_follows_triton_switches_to(
+    current: str, ready: list[str], before: set[str] | None, expected: str | None
+) -> None:
+    from sentiment_server.service import version_to_follow
+
+    assert version_to_follow(current, ready, before) == expected

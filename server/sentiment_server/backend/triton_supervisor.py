@@ -12,8 +12,10 @@ restart does not fix: `run` raises `TritonGaveUp`, and the caller drains and
 exits non-zero so that systemd, compose or Kubernetes take over.
 
 A model load or unload (a rollout) replaces model instances, and the stubs
-of the replaced ones exit: inside `expecting_stub_exits`, and for a moment
-after it, a stub's exit is no crash.
+of the replaced ones exit, sometimes seconds after the load returns: a stub
+that was alive during `expecting_stub_exits` may exit up to
+`STUB_EXIT_GRACE_S` after it without counting as a crash. Stubs started
+later are watched as always.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from .triton_process import EmbeddedTriton, TritonLaunchError, describe_exit
 
 log = logging.getLogger(__name__)
 
-# Triton finalizes a replaced instance just after its load call returns.
-STUB_EXIT_GRACE_S = 5.0
+# Triton finalizes a replaced instance after its load call returns, once the instance's requests are done.
+STUB_EXIT_GRACE_S = 60.0
 
 
 class TritonGaveUp(RuntimeError):
@@ -67,19 +69,27 @@ class TritonSupervisor:
         self._first_stubs = triton.stub_pids()
         self._model_changes = 0  # loads or unloads under way
         self._changed_at = float("-inf")
+        self._replaceable: set[int] = set()  # stubs alive during a model change: they may exit
 
     @contextmanager
     def expecting_stub_exits(self) -> Iterator[None]:
         """Around a model load or unload: the stubs of the instances it replaces exit, and that is no crash."""
         self._model_changes += 1
+        self._replaceable |= self._triton.stub_pids()
         try:
             yield
         finally:
             self._model_changes -= 1
             self._changed_at = time.monotonic()
+            self._replaceable |= self._triton.stub_pids()
 
-    def _models_changing(self) -> bool:
-        return self._model_changes > 0 or time.monotonic() - self._changed_at < STUB_EXIT_GRACE_S
+    def _replaced(self, dead: set[int]) -> set[int]:
+        """The stubs of `dead` that a model change replaced (not crashed)."""
+        if self._model_changes > 0:
+            return dead  # instances starting and stopping: a load that fails ends here too
+        if time.monotonic() - self._changed_at >= STUB_EXIT_GRACE_S:
+            self._replaceable.clear()
+        return dead & self._replaceable
 
     async def run(self, on_restart: Callable[[], None] = lambda: None) -> None:
         """Watch until cancelled; raises TritonGaveUp once the crash budget is spent."""
@@ -92,14 +102,15 @@ class TritonSupervisor:
                 alive = self._triton.stub_pids()
                 dead = stubs - alive
                 stubs |= alive
-                if dead and self._models_changing():
+                replaced = self._replaced(dead)
+                if replaced:
                     log.info(
                         "tritonserver pid %s: stub(s) %s of replaced model instances exited",
                         self._triton.pid,
-                        sorted(dead),
+                        sorted(replaced),
                     )
-                    stubs = alive
-                    continue
+                    stubs -= replaced
+                    dead -= replaced
                 if not dead:
                     continue
                 await asyncio.sleep(self._poll_s)  # stubs also exit when Triton dies: was it Triton?
