@@ -588,7 +588,7 @@ def test_kubernetes_rollout_commands_in_the_docs_work() -> None:
             find(docs, "Job", "sentiment-export")
         elif verb == "rollout":
             assert words[-1] == f"deployment/{deployment['metadata']['name']}"
-    assert {"apply", "set", "create", "exec", "wait", "rollout"} <= verbs, verbs
+    assert {"apply", "set", "create", "exec", "wait"} <= verbs, verbs
     # The front-end pods, listed by a label of theirs (the loop over replicas).
     selectors = re.findall(r"get pods -l (\S+)", MODELS_DOC.read_text())
     assert selectors and all(dict([s.split("=", 1)]).items() <= labels.items() for s in selectors), selectors
