@@ -9,8 +9,10 @@ process. Every call it reads RssAnon (/proc/self/status); after the first
 third of the run it reports the band (max - min), the least-squares slope and
 the calls made. The settings: glibc's default (its mmap threshold grows with
 the largest block freed, so large tensors come from the heap and stay there)
-and fixed `MALLOC_MMAP_THRESHOLD_` values (larger blocks always go to mmap
-and back to the kernel when freed). oneDNN's cache is capped as `up` does.
+fixed `MALLOC_MMAP_THRESHOLD_` values (larger blocks always go to mmap
+and back to the kernel when freed), and "heap kept": blocks up to 32 MiB from
+the heap and a trim threshold so high that the heap never shrinks, so the
+process keeps its high-water mark instead of returning and re-faulting pages. oneDNN's cache is capped as `up` does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = {"glibc default": None, "mmap >= 4 MiB": 4 << 20, "mmap >= 1 MiB": 1 << 20, "mmap >= 128 KiB": 128 << 10}
+SETTINGS: dict[str, dict[str, str]] = {
+    "glibc default": {},
+    "heap kept": {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
+    "mmap >= 4 MiB": {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)},
+    "mmap >= 1 MiB": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
+    "mmap >= 128 KiB": {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)},
+}
 
 
 def rss_anon_mb() -> float:
@@ -74,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=float, default=240.0, help="per setting (240)")
     parser.add_argument("--full-size", action="store_true", help="a DistilBERT-base-sized model (default: tiny)")
+    parser.add_argument("--only", action="append", choices=sorted(SETTINGS), help="run this setting (repeatable)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -82,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="allocator-probe-") as tmp:
         model = model_file(Path(tmp), args.full_size)
         print(f"{'setting':<16} {'calls':>6} {'RssAnon min MB':>15} {'band MB':>8} {'MB/min':>8}")
-        for name, threshold in SETTINGS.items():
-            env = {**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "8"}
-            if threshold is not None:
-                env["MALLOC_MMAP_THRESHOLD_"] = str(threshold)
+        for name, setting in SETTINGS.items():
+            if args.only and name not in args.only:
+                continue
+            env = {**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "8", **setting}
             child = [sys.executable, __file__, "--child", str(model), "--duration-s", str(args.duration_s)]
             out = subprocess.run(child, env=env, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])

@@ -67,6 +67,11 @@ DEFAULT_HOST = "127.0.0.1"
 _READY_POLL_S = 0.2
 
 ONEDNN_PRIMITIVE_CACHE_CAPACITY = "8"
+# glibc's mmap threshold follows the largest block freed, so the stubs' activations (a new shape with
+# almost every batch) move between mmap and the heap and their RSS wanders by tens of MB
+# (bench/allocator_probe.py). A fixed threshold above them and a heap that is never trimmed keep the
+# high-water mark instead, and spare re-faulting those pages on every batch.
+MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 _SHM_PREFIX = "sentiment-"  # the Python backend's /dev/shm regions of every embedded Triton start with it
 
 # The group reaper: a tiny process that holds a pipe from the launcher and, once
@@ -288,6 +293,8 @@ class EmbeddedTriton:
         # almost every batch: with its default capacity the stubs' memory keeps growing
         # (bench/results/soak*.json). A small cache keeps it flat; an operator's own value wins.
         env.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_PRIMITIVE_CACHE_CAPACITY)
+        for name, value in MALLOC_SETTINGS.items():
+            env.setdefault(name, value)
         env.update(self.extra_env)
         return env
 
