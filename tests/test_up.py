@@ -87,3 +87,31 @@ def test_up_serves_a_labelled_demo_model_without_the_hub_then_the_real_one(tmp_p
         os.kill(up.pid, signal.SIGINT)
         assert up.wait(timeout=60) == 0
     assert not served.demo and list(served.labels) == ["anger", "joy", "calm"]
+
+
+def test_up_exports_and_serves_several_checkpoints(tmp_path: Path, checkpoints) -> None:
+    """`--checkpoint name=dir,name=dir`: each exported under its name, all served; the first is the default."""
+    pairs = f"emotion={checkpoints['emotion3']},topics={checkpoints['topics4']}"
+    err_path = tmp_path / "up.err"
+    with err_path.open("w") as err:
+        up = subprocess.Popen(
+            sentiment_server(
+                "up", "--port", "0", "--admin-port", "0", "--model-repository", str(tmp_path / "repo"),
+                "--checkpoint", pairs, "--instance-count", "1",
+            ),
+            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        assert up.stdout is not None
+        match = re.search(r"serving on ([\d.]+:\d+)", up.stdout.readline())
+        assert match, err_path.read_text()[-3000:]
+        with SentimentClient(match.group(1)) as client:
+            listed = client.list_models()
+            topics = client.classify(["sports and tech"], model="topics")
+            default = client.classify(["I am happy"])
+    finally:
+        os.kill(up.pid, signal.SIGINT)
+        assert up.wait(timeout=60) == 0, err_path.read_text()[-3000:]
+    assert listed.default_model == "emotion" and [m.name for m in listed.models] == ["emotion", "topics"]
+    assert {s.label for s in topics.results[0].scores} == {"sports", "politics", "tech", "music"}
+    assert default.model_name == "emotion"
