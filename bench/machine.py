@@ -78,6 +78,11 @@ def _process_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) `pid` has used so far, from /proc; 0 when it is gone."""
+    return _process_ticks(pid) / _TICKS
+
+
 @dataclass
 class CpuShare:
     """CPU cores in use during a measurement: ours (bench + Triton + front-end) and everybody else's."""

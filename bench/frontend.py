@@ -1,0 +1,213 @@
+"""The front-end's own capacity, with the model's cost taken away: `python bench/frontend.py [--quick]`.
+
+It builds a TINY DistilBERT (random weights, exported with one torch thread,
+in a temporary directory), starts the embedded Triton on it and
+`sentiment-server serve` in front (bench/procs.py), and measures three paths
+under closed-loop load, at each `--concurrency` (default 1, 16, 64):
+
+  unary    Classify, one text per call
+  batch    Classify, 32 texts per call
+  stream   ClassifyStream, one text per message, `--stream-window` (64) in flight (one row)
+
+Each cell has a warm-up, then a measuring window of `--seconds` (default 10).
+Alongside, in the same run, bench/grpc_floor.floor_cpu measures the floor: a
+bare grpc.aio proxy that forwards Classify to an echo server and does nothing
+else, with the same texts per call and the same concurrency.
+
+Columns: calls/s and texts/s finished in the window; p50/p99 latency; the
+front-end process's CPU seconds over the window (utime + stime of its pid in
+/proc) per call and per text; and `x floor`, the front-end's CPU ms per call
+over the floor proxy's CPU ms per call for the same texts per call and
+concurrency (stream messages are set against one-text unary calls at the
+stream's window). The JSON (`--out`) also holds Triton's CPU (its pid and
+backend stubs) and the client's (this process), each per call.
+
+How to read it: with a tiny model Triton answers in well under a millisecond,
+so calls/s is what the front-end (and the client, sharing the CPUs) can push,
+not what a GPU allows. On a shared machine the wall-clock rates and latencies
+move with other people's load; CPU seconds per call from /proc are each
+process's own and hold. A ratio of N means the front-end spends N times the
+CPU of a bare grpc.aio hop on each call: tokenizing, coalescing, building
+Triton's request, reading its answer; what is above 1 is the service's own
+work, what is under it (1) is gRPC in Python. The front-end's capacity on
+this machine is about (cores it may use) / (CPU s per call) calls/s.
+
+Everything started binds 127.0.0.1 and is stopped by pid on every way out.
+Writes JSON to `--out` (default bench/results/frontend.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import corpus
+import grpc_floor
+from clients import Service
+from load import Measurement
+from procs import Processes, children
+
+log = logging.getLogger("bench")
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL_NAME = "sentiment"  # the name bench/procs.py waits for
+BATCH = 32
+
+
+def build_repository(root: Path) -> Path:
+    from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
+    from sentiment_server.tooling.export import export_model
+
+    checkpoint = build_tiny_checkpoint(root / "checkpoint", full_size=False)
+    repository = root / "model_repository"
+    export_model(str(checkpoint), repository, model_name=MODEL_NAME, torch_threads=1)
+    return repository
+
+
+def cell(path: str, concurrency: int, texts: int, m: Measurement, cpu: dict[str, float]) -> dict[str, Any]:
+    calls = m.calls
+
+    def per_call_ms(seconds: float) -> float:
+        return 1000 * seconds / calls if calls else float("nan")
+
+    return {
+        "path": path,
+        "concurrency": concurrency,
+        "texts_per_call": texts,
+        "calls": calls,
+        "errors": m.errors,
+        "seconds": m.seconds,
+        "calls_per_s": calls / m.seconds if m.seconds else 0.0,
+        "texts_per_s": m.sentences_per_s,
+        "p50_ms": m.percentile_ms(50),
+        "p99_ms": m.percentile_ms(99),
+        "frontend_cpu_s": cpu["frontend"],
+        "frontend_cpu_ms_per_call": per_call_ms(cpu["frontend"]),
+        "frontend_cpu_ms_per_text": 1000 * cpu["frontend"] / m.sentences if m.sentences else float("nan"),
+        "triton_cpu_ms_per_call": per_call_ms(cpu["triton"]),
+        "client_cpu_ms_per_call": per_call_ms(cpu["client"]),
+    }
+
+
+async def measure_service(
+    procs: Processes, workload: corpus.Workload, concurrencies: list[int], window: int, warmup_s: float, seconds: float
+) -> list[dict[str, Any]]:
+    assert procs.front is not None and procs.triton is not None and procs.triton.pid is not None
+    pids = {
+        "frontend": [procs.front.process.pid],
+        "triton": [procs.triton.pid, *children(procs.triton.pid)],
+        "client": [os.getpid()],
+    }
+    service = Service(procs.front.target, workload)
+    rows = []
+    try:
+        for path, texts in (("unary", 1), ("batch", BATCH)):
+            for c in concurrencies:
+                log.info("%s c=%d", path, c)
+                m, cpu = await asyncio.gather(
+                    service.measure(c, texts, warmup_s, seconds), grpc_floor.cpu_window(pids, warmup_s, seconds)
+                )
+                rows.append(cell(path, c, texts, m, cpu))
+        log.info("stream window=%d", window)
+        m, cpu = await asyncio.gather(
+            service.measure_stream(window, 1, warmup_s, seconds), grpc_floor.cpu_window(pids, warmup_s, seconds)
+        )
+        rows.append(cell("stream", window, 1, m, cpu))
+    finally:
+        await service.close()
+    return rows
+
+
+def add_floor(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> None:
+    by_cell = {(f.texts_per_call, f.concurrency): f for f in floor}
+    for row in rows:
+        f = by_cell.get((row["texts_per_call"], row["concurrency"]))
+        row["floor_cpu_ms_per_call"] = f.cpu_ms_per_call if f else float("nan")
+        row["ratio_to_floor"] = row["frontend_cpu_ms_per_call"] / f.cpu_ms_per_call if f else float("nan")
+
+
+def table(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> str:
+    lines = [
+        "| path | concurrency | calls/s | texts/s | p50 ms | p99 ms | front-end CPU ms/call | CPU ms/text "
+        "| floor CPU ms/call | x floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['path']} | {r['concurrency']} | {r['calls_per_s']:.0f} | {r['texts_per_s']:.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['frontend_cpu_ms_per_call']:.3f} "
+            f"| {r['frontend_cpu_ms_per_text']:.3f} | {r['floor_cpu_ms_per_call']:.3f} | {r['ratio_to_floor']:.1f} |"
+        )
+    lines += [
+        "",
+        "| floor (bare grpc.aio proxy) texts/call | concurrency | calls/s | p50 ms | p99 ms | proxy CPU ms/call |",
+    ]
+    lines.append("|---:|---:|---:|---:|---:|---:|")
+    for f in floor:
+        lines.append(
+            f"| {f.texts_per_call} | {f.concurrency} | {f.calls_per_s:.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} "
+            f"| {f.cpu_ms_per_call:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM: unwind, so every `finally` stops its process
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=None, help="callers per cell (1 16 64)")
+    parser.add_argument("--seconds", type=float, default=None, help="measuring window per cell (10)")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up per cell (2; --quick 1)")
+    parser.add_argument("--stream-window", type=int, default=64, help="ClassifyStream messages in flight (64)")
+    parser.add_argument("--quick", action="store_true", help="concurrency 1 and 16, 5-s windows")
+    parser.add_argument("--out", type=Path, default=RESULTS / "frontend.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    concurrencies = args.concurrency or ([1, 16] if args.quick else [1, 16, 64])
+    seconds = args.seconds or (5.0 if args.quick else 10.0)
+    warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="bench-frontend-") as tmp:
+        root = Path(tmp)
+        log.info("building and exporting a tiny checkpoint")
+        repository = build_repository(root)
+        workload = corpus.build("short", repository / MODEL_NAME / "1" / "tokenizer.json", size=512)
+        (root / "logs").mkdir()
+        with Processes(repository, root / "logs") as procs:
+            rows = asyncio.run(measure_service(procs, workload, concurrencies, args.stream_window, warmup, seconds))
+    floor_cells = sorted({(t, c) for t in (1, BATCH) for c in concurrencies} | {(1, args.stream_window)})
+    log.info("floor: %d cells", len(floor_cells))
+    floor = grpc_floor.floor_cpu(floor_cells, warmup, seconds)
+    add_floor(rows, floor)
+    print(table(rows, floor))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "started": started,
+                "seconds": seconds,
+                "warmup_s": warmup,
+                "rows": rows,
+                "floor": [f.as_dict() for f in floor],
+            },
+            indent=2,
+        )
+    )
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
