@@ -148,7 +148,7 @@ def test_the_environment_is_explicit(repository: Path, monkeypatch: pytest.Monke
     assert "PYTHONHOME" not in env
     assert any(p.endswith("nvidia_pytriton.libs") for p in env["LD_LIBRARY_PATH"].split(os.pathsep))
     assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"  # keeps the stubs' memory flat
-    assert env["MALLOC_MMAP_THRESHOLD_"] == str(128 << 10)
+    assert (env["MALLOC_MMAP_THRESHOLD_"], env["MALLOC_TRIM_THRESHOLD_"]) == (str(32 << 20), str(1 << 30))
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     env = triton.environment(find_distribution())

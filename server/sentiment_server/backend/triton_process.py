@@ -68,10 +68,11 @@ _READY_POLL_S = 0.2
 
 ONEDNN_PRIMITIVE_CACHE_CAPACITY = "8"
 # glibc's mmap threshold follows the largest block freed, so the stubs' activations (a new shape with
-# almost every batch) move between mmap and the heap, and a heap that keeps them only grows, in steps, as
-# larger batches come (bench/allocator_probe.py, bench/soak.py). Pinned at glibc's initial 128 KiB, every
-# activation is mapped for its batch and returned after it: flat memory, for some CPU time per batch.
-MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}
+# almost every batch) move between mmap and the heap and their RSS wanders by tens of MB. A fixed
+# threshold above them and a heap that is never trimmed keep the high-water mark instead, and spare
+# re-faulting those pages on every batch. Pinning the threshold low instead (every activation mapped and
+# returned) keeps memory flat but costs a CPU model a third of its throughput: docs/operations.md.
+MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 _SHM_PREFIX = "sentiment-"  # the Python backend's /dev/shm regions of every embedded Triton start with it
 
 # The group reaper: a tiny process that holds a pipe from the launcher and, once
