@@ -39,7 +39,8 @@ def test_front_end_reaches_a_triton_that_requires_mutual_tls(pki: Pki, model_rep
         # Plaintext (or TLS without a client certificate) never sees the model ready.
         refused = subprocess.run(
             sentiment_server(
-                "serve", "--port", "0", "--admin-port", "0", "--model-repository", str(model_repository),
+                "serve", "--port", "0", "--admin-port", "0", "--models", "sentiment",
+                "--model-repository", str(model_repository),
                 "--triton-url", triton.grpc_url, "--triton-tls-ca", str(pki.ca), "--startup-timeout-s", "3",
             ),
             capture_output=True, text=True, timeout=60,
