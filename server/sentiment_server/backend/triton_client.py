@@ -63,6 +63,13 @@ class TritonTLS:
         )
 
 
+def open_channel(url: str, tls: TritonTLS | None) -> grpc.aio.Channel:
+    """A channel to one Triton, with this module's reconnect and keepalive settings."""
+    if tls is None:
+        return grpc.aio.insecure_channel(url, options=CHANNEL_ARGS)
+    return grpc.aio.secure_channel(url, tls.credentials(), options=CHANNEL_ARGS)
+
+
 @dataclass(eq=False)  # identity: endpoints live in sets
 class TritonEndpoint:
     """One Triton server: readiness, model checks and inference for one model."""
@@ -87,10 +94,7 @@ class TritonEndpoint:
         self._open_channel()
 
     def _open_channel(self) -> None:
-        if self.tls is None:
-            self._channel = grpc.aio.insecure_channel(self.url, options=CHANNEL_ARGS)
-        else:
-            self._channel = grpc.aio.secure_channel(self.url, self.tls.credentials(), options=CHANNEL_ARGS)
+        self._channel = open_channel(self.url, self.tls)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
     async def is_model_ready(self, timeout_s: float) -> bool:

@@ -11,17 +11,14 @@ from __future__ import annotations
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from .triton_client import CHANNEL_ARGS, TritonTLS
+from .triton_client import TritonTLS, open_channel
 from .triton_errors import rpc_error
 
 
 class TritonRepository:
     def __init__(self, url: str, tls: TritonTLS | None = None) -> None:
         self.url = url
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(url, options=CHANNEL_ARGS)
-        else:
-            self._channel = grpc.aio.secure_channel(url, tls.credentials(), options=CHANNEL_ARGS)
+        self._channel = open_channel(url, tls)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
     async def ready_versions(self, model_name: str, timeout_s: float) -> list[str]:
