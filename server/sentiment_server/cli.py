@@ -76,8 +76,11 @@ async def _serve(settings: ServeSettings, supervisor: TritonSupervisor | None = 
 
 
 def _export(settings: ExportSettings, *, demo: bool = False, source: str | None = None) -> None:
+    from . import core_budget
     from .tooling.export import export_model
 
+    instances = core_budget.default_instance_count(settings.device)
+    threads = core_budget.default_torch_threads(settings.device)
     export_model(
         source or settings.checkpoint,
         settings.model_repository,
@@ -85,9 +88,9 @@ def _export(settings: ExportSettings, *, demo: bool = False, source: str | None 
         backend=settings.backend,
         dtype=settings.dtype,
         max_batch_size=settings.max_batch_size,
-        instance_count=settings.instance_count,
+        instance_count=core_budget.resolve_count(settings.instance_count, instances, "--instance-count"),
         device=settings.device,
-        torch_threads=settings.torch_threads,
+        torch_threads=core_budget.resolve_count(settings.torch_threads, threads, "--torch-threads"),
         force=settings.force,
         demo=demo,
     )

@@ -46,8 +46,14 @@ class ExportSettings(ModelSettings):
     max_batch_size: int = _opt(64, "Triton max_batch_size")
     # One single-threaded instance per CPU core beats one instance using every
     # core: no thread barriers for the front-end to stall (docs/performance.md).
-    instance_count: int = _opt(2, "Triton model instances (CPU: one per core, with --torch-threads 1)")
-    torch_threads: int = _opt(1, "intra-op threads per instance (0 = torch default: every core)")
+    # `auto` takes the split of cores from core_budget.
+    instance_count: str = _opt(
+        "auto",
+        "Triton model instances, a number or auto (auto: CPU, one per core the front-end leaves; GPU, one per GPU)",
+    )
+    torch_threads: str = _opt(
+        "auto", "intra-op threads per instance, a number or auto (auto: 1; 0 = torch default: every core)"
+    )
     force: bool = _opt(False, "overwrite a different model already in the repository")
 
 
