@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import tempfile
 from collections.abc import Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,11 +54,37 @@ async def _wait_for_signal(watch: Coroutine[Any, Any, None] | None = None) -> No
         task.result()
 
 
+async def _first_failure(*watches: Coroutine[Any, Any, None]) -> None:
+    """Run the watches together; the first one to fail ends them all with its exception."""
+    tasks = [asyncio.ensure_future(w) for w in watches]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _worker_count(settings: ServeSettings) -> int:
+    from .core_budget import default_workers, resolve_count
+    from .service import served_model_names
+    from .workers import models_on_gpu
+
+    on_gpu = models_on_gpu(settings.model_repository, served_model_names(settings))
+    return resolve_count(settings.workers, default_workers(on_gpu), "--workers")
+
+
 async def _serve(settings: ServeSettings, supervisor: TritonSupervisor | None = None) -> None:
     """The front-end until a signal; `supervisor` (from `up`) watches the embedded Triton meanwhile."""
     from . import tracing
     from .service import start_front_end
 
+    workers = _worker_count(settings)
+    if workers > 1:
+        await _serve_workers(settings, workers, supervisor)
+        return
     tracing.configure(settings.otel)
     if supervisor is None:
         front = await start_front_end(settings)
@@ -68,11 +95,67 @@ async def _serve(settings: ServeSettings, supervisor: TritonSupervisor | None = 
     print(f"sentiment-server: serving on {settings.host}:{front.port}", flush=True)
     if front.admin is not None:
         print(f"sentiment-server: admin (rollout, rollback) on 127.0.0.1:{front.admin_port}", flush=True)
+    if front.metrics_http is not None:
+        print(f"sentiment-server: metrics on {settings.host}:{front.metrics_http.server_port}", flush=True)
     try:
         await _wait_for_signal(supervise)
     finally:
         log.info("draining for up to %.1fs", settings.grace_s)
         await front.stop(settings.grace_s)
+
+
+async def _serve_workers(settings: ServeSettings, count: int, supervisor: TritonSupervisor | None) -> None:
+    """`count` front-end processes on one port until a signal; this process supervises them (and Triton)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from .service import TritonVersions, served_model_names
+    from .transport.admin import admin_server
+    from .transport.merged_metrics import MergedMetrics, SupervisorMetrics
+    from .worker_rollouts import WorkerRollouts
+    from .workers import WorkerPool
+
+    pool = WorkerPool(settings, count)
+    await pool.start()
+    counters = SupervisorMetrics()
+    http_server = admin = versions = None
+    try:
+        if settings.metrics_port >= 0:
+            registry = CollectorRegistry()
+            registry.register(
+                MergedMetrics(
+                    counters.registry,
+                    lambda: [f"http://{settings.host}:{w.metrics_port}/metrics" for w in pool.workers],
+                )
+            )
+            http_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        if settings.admin_port >= 0:
+            names = served_model_names(settings)
+            if settings.triton_model_control:
+                versions = TritonVersions(settings, supervisor.expecting_stub_exits if supervisor else nullcontext)
+            default = settings.model_name if settings.model_name in names else names[0]
+            switch = WorkerRollouts(
+                lambda: [w.admin_port for w in pool.workers], names, default, versions, settings.api_key
+            )
+            admin, admin_port = admin_server(switch, settings.admin_port, settings.api_key)
+            await admin.start()
+        print(f"sentiment-server: serving on {settings.host}:{pool.port} ({count} workers)", flush=True)
+        if admin is not None:
+            print(f"sentiment-server: admin (rollout, rollback) on 127.0.0.1:{admin_port}", flush=True)
+        if http_server is not None:
+            print(f"sentiment-server: metrics on {settings.host}:{http_server.server_port}", flush=True)
+        watches = [pool.run(on_restart=counters.worker_restarts.inc)]
+        if supervisor is not None:
+            watches.append(supervisor.run(on_restart=counters.triton_restarts.inc))
+        await _wait_for_signal(_first_failure(*watches))
+    finally:
+        if admin is not None:
+            await admin.stop(0)  # no rollout starts while draining
+        log.info("draining %d workers for up to %.1fs", count, settings.grace_s)
+        await pool.stop(settings.grace_s)
+        if versions is not None:
+            await versions.close()
+        if http_server is not None:
+            http_server.shutdown()
 
 
 def _export(settings: ExportSettings, *, demo: bool = False, source: str | None = None) -> None:
@@ -273,7 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": VersionsSettings,
     }
     settings = settings_from(commands[args.command], args)
-    configure_logging(getattr(settings, "log_level", "INFO"), getattr(settings, "log_format", "text"))
+    configure_logging(
+        getattr(settings, "log_level", "INFO"),
+        getattr(settings, "log_format", "text"),
+        os.environ.get("SENTIMENT_WORKER", ""),  # set by the parent of front-end workers
+    )
     try:
         if isinstance(settings, UpSettings):
             asyncio.run(_up(settings))

@@ -116,10 +116,8 @@ class TritonVersions:
         name, version = model.info.model_name, model.info.version
         timeout_s = self.settings.startup_timeout_s
         if self.control:
-            set_serving_versions(self.repository, name, [serving, version])
             try:
-                with self._model_changes():
-                    await self._triton.load(name, timeout_s)
+                await self._serve_only(name, [serving, version])
             except ServiceError as exc:
                 await self.retire(name, version, serving)
                 raise RolloutRefused(f"Triton cannot load model {name!r} version {version}: {exc}") from exc
@@ -132,13 +130,17 @@ class TritonVersions:
             raise RolloutRefused(f"model {name!r} version {version} is not ready in Triton: {exc}") from exc
         return pool
 
+    async def _serve_only(self, model_name: str, versions: list[str]) -> None:
+        """config.pbtxt names `versions`, and Triton reloads the model so: new ones load, others unload."""
+        set_serving_versions(self.repository, model_name, versions)
+        with self._model_changes():
+            await self._triton.load(model_name, self.settings.startup_timeout_s)
+
     async def retire(self, model_name: str, version: str, serving: str) -> None:
         if not self.control:
             return
-        set_serving_versions(self.repository, model_name, [serving])
         try:
-            with self._model_changes():
-                await self._triton.load(model_name, self.settings.startup_timeout_s)
+            await self._serve_only(model_name, [serving])
         except ServiceError as exc:
             log.error("model %s: Triton did not unload version %s: %s", model_name, version, exc)
 

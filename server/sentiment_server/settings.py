@@ -72,6 +72,11 @@ class ServeSettings(ModelSettings):
     host: str = _opt("127.0.0.1", "address the gRPC front-end binds")
     port: int = _opt(50051, "gRPC port of the front-end (0 = any free port)")
     triton_url: str = _opt("127.0.0.1:8001", "Triton gRPC endpoint(s), comma-separated")
+    workers: str = _opt(
+        "auto",
+        "front-end processes sharing the port (auto: one per core on a GPU host; on a CPU host one per 8 cores, "
+        "at least 1, the model needs the rest)",
+    )
     # Models and versions.
     models: str = _opt("", "models to serve, comma-separated (empty = every model in the repository)")
     admin_port: int = _opt(50052, "loopback port of the admin service: rollout, rollback (-1 = off, 0 = any)")

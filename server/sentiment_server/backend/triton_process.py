@@ -88,7 +88,7 @@ except (ProcessLookupError, PermissionError):
 """
 
 
-def _dying_with_launcher(args: list[str]) -> list[str]:
+def dying_with_launcher(args: list[str]) -> list[str]:
     """`args` run through util-linux's setpriv, which sets PR_SET_PDEATHSIG and execs them: Triton gets
     SIGKILL when the thread that started it ends. (Not preexec_fn: Python code between fork and exec in a
     process with gRPC's threads has crashed the child.) Without setpriv the group reaper still covers it."""
@@ -329,7 +329,7 @@ class EmbeddedTriton:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         try:
             self._process = subprocess.Popen(
-                _dying_with_launcher(args),
+                dying_with_launcher(args),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

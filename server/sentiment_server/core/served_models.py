@@ -60,6 +60,24 @@ class ServedVersion:
         await self.backend.close()
 
 
+class VersionHistory:
+    """Per model, the versions switched away from, oldest first: what a rollback goes back to."""
+
+    def __init__(self) -> None:
+        self._history: dict[str, list[str]] = {}
+
+    def switched(self, name: str, old: str, new: str) -> None:
+        history = self._history.setdefault(name, [])
+        if history and history[-1] == new:
+            history.pop()  # a rollback: the version it went back to is no longer "before"
+        else:
+            history.append(old)
+
+    def previous(self, name: str) -> str | None:
+        history = self._history.get(name)
+        return history[-1] if history else None
+
+
 class ServedModels:
     """Name -> the version answering now; the default model answers calls that name none."""
 
@@ -70,7 +88,7 @@ class ServedModels:
         self.default = default or min(self._current)
         if self.default not in self._current:
             raise ValueError(f"default model {self.default!r} is not among {sorted(self._current)}")
-        self._history: dict[str, list[str]] = {}  # versions switched away from, oldest first
+        self._history = VersionHistory()
 
     def get(self, name: str) -> ServedVersion:
         """The version answering `name` now ("" = the default model); INVALID_ARGUMENT or NOT_FOUND otherwise."""
@@ -90,17 +108,12 @@ class ServedModels:
         """New calls for `new.name` get `new` from now on; returns the version they got before."""
         old = self.get(new.name)
         self._current[new.name] = new
-        history = self._history.setdefault(new.name, [])
-        if history and history[-1] == new.version:
-            history.pop()  # a rollback: the version it went back to is no longer "before"
-        else:
-            history.append(old.version)
+        self._history.switched(new.name, old.version, new.version)
         return old
 
     def previous_version(self, name: str) -> str | None:
         """The version `name` answered with before the current one, if this process switched it."""
-        history = self._history.get(name)
-        return history[-1] if history else None
+        return self._history.previous(name)
 
     async def refresh(self, timeout_s: float) -> bool:
         """Probe every model's current version; True while all of them can answer."""

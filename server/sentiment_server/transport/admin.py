@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from sentiment.v1 import admin_pb2 as pb
 from sentiment.v1 import admin_pb2_grpc as pb_grpc
 
-from ..core.rollout import Rollouts, Switched
+from ..core.rollout import Switched
 from ..errors import ServiceError, to_status
 from .auth import ApiKeyInterceptor
 
@@ -26,8 +26,16 @@ log = logging.getLogger(__name__)
 ADMIN_HOST = "127.0.0.1"
 
 
+class VersionSwitch(Protocol):
+    """What the admin port drives: one front-end's `Rollouts`, or the parent of several workers."""
+
+    async def rollout(self, name: str, version: str = "", allow_label_change: bool = False) -> Switched: ...
+
+    async def rollback(self, name: str, allow_label_change: bool = False) -> Switched: ...
+
+
 class ModelAdminServicer(pb_grpc.ModelAdminServiceServicer):
-    def __init__(self, rollouts: Rollouts) -> None:
+    def __init__(self, rollouts: VersionSwitch) -> None:
         self.rollouts = rollouts
 
     async def _answer(self, method: str, context: Context, switch: Callable[[], Awaitable[Switched]]) -> Switched:
@@ -59,7 +67,7 @@ async def _refuse(method: str, context: Context, error: ServiceError) -> None:
     await context.abort(*to_status(error))
 
 
-def admin_server(rollouts: Rollouts, port: int, api_key: str) -> tuple[grpc.aio.Server, int]:
+def admin_server(rollouts: VersionSwitch, port: int, api_key: str) -> tuple[grpc.aio.Server, int]:
     """The admin server bound to loopback (not started yet) and its port."""
     interceptors = [ApiKeyInterceptor(api_key, _refuse)] if api_key else []
     server = grpc.aio.server(interceptors=interceptors)

@@ -11,6 +11,11 @@ from ..core.batch_planning import BatchStats
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+def triton_restarts_counter(registry: CollectorRegistry) -> Counter:
+    """Counted by whoever supervises the embedded Triton: the front-end, or the parent of its workers."""
+    return Counter("sentiment_triton_restarts", "restarts of the embedded Triton after it died", registry=registry)
+
+
 class Stages(NamedTuple):
     """The stage histogram's children, bound once (a labels() lookup per call costs a few microseconds)."""
 
@@ -49,9 +54,7 @@ class Metrics:
         )
         self.in_flight = Gauge("sentiment_requests_in_flight", "admitted RPCs in flight", registry=r)
         self.triton_errors = Counter("sentiment_triton_errors", "failed Triton calls by kind", ["kind"], registry=r)
-        self.triton_restarts = Counter(
-            "sentiment_triton_restarts", "restarts of the embedded Triton after it died", registry=r
-        )
+        self.triton_restarts = triton_restarts_counter(r)
         self.padded_tokens = Counter("sentiment_padded_tokens", "tokens sent to Triton, padding included", registry=r)
         self.real_tokens = Counter("sentiment_real_tokens", "tokens sent to Triton, padding excluded", registry=r)
         self.cache_hits = Counter("sentiment_result_cache_hits", "texts answered from the result cache", registry=r)
