@@ -1,12 +1,17 @@
 """The in-process paths (no server): the model's own limit, and the seed's way.
 
 - `limit`: the exported TorchScript `model.pt` (the very file Triton runs),
-  called with ready-made tensors at each candidate batch size; texts sorted
-  by length, so batches carry almost no padding. Tokenizing is left out: it
-  is the model's limit, the best any server could do.
+  called with ready-made tensors at each candidate batch size, in each layout
+  of P processes x T torch threads over the usable cores (bench/layouts.py:
+  one process with every thread, one single-thread process per core as Triton
+  runs its instances, and what lies between); texts sorted by length, so
+  batches carry almost no padding. The best (layout, batch size) is the
+  limit. Tokenizing is left out: it is the model's limit, the best any server
+  could do.
 - `window_limit`: the same for texts longer than the model (`long`): each
-  text as the fast tokenizer's overflow windows, windows batched, then one
-  answer per text (the service's WINDOW with its defaults).
+  text as the fast tokenizer's overflow windows, windows batched (and the
+  batches shared out among the processes), then one answer per text (the
+  service's WINDOW with its defaults).
 - `pipeline`: `transformers.pipeline("text-classification")` on the fp32
   checkpoint, with each candidate `batch_size`, texts in corpus order (what
   the seed does).
@@ -15,15 +20,13 @@
 from __future__ import annotations
 
 import logging
-import warnings
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from corpus import Workload
+from layouts import Job, Layout, layouts, place, usable_cores
 from load import Measurement, timed_batches
 from sentiment_server.model_artifact import INFO_FILE, ModelInfo
 from tokenizers import Tokenizer
@@ -40,13 +43,15 @@ def _as_is(measure: Callable[[], Measurement]) -> Measurement:
 class Best:
     batch_size: int
     measurement: Measurement
-    tried: dict[int, float]  # batch size -> sentences/s
+    tried: dict[int, float]  # batch size -> sentences/s (the limit: in the best layout)
     padding: float | None = None  # padded share of the tokens at the best batch size
     unsorted_per_s: float | None = None  # the best batch size on texts in corpus order
     # window_limit: the sample's windows per text, and the windows' size and stride in tokens
     windows_per_text: float | None = None
     window: int | None = None
     stride: int | None = None
+    layout: Layout | None = None  # the limit: the processes x threads that won
+    by_layout: dict[str, dict[int, float]] | None = None  # the limit: layout key -> batch size -> sentences/s
 
 
 def _pick(results: dict[int, Measurement], padding: dict[int, float] | None = None) -> Best:
@@ -55,43 +60,36 @@ def _pick(results: dict[int, Measurement], padding: dict[int, float] | None = No
     return Best(size, results[size], tried, padding[size] if padding else None)
 
 
-def _batches(encoded: list[list[int]], size: int, device: Any) -> list[tuple[Any, Any]]:
-    """Padded exactly as the front-end pads (pad id 0, like the exported DistilBERT)."""
-    import numpy as np
-    import torch
-    from sentiment_server.core.tokenization import pad_batch
-
-    batches = []
-    for start in range(0, len(encoded), size):
-        ids, mask = pad_batch([np.asarray(seq, dtype=np.int64) for seq in encoded[start : start + size]], 0)
-        batches.append((torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)))
-    return batches
-
-
-def _padding(batches: list[tuple[Any, Any]]) -> float:
-    """The padded share of the tokens the model runs."""
-    return 1 - sum(int(m.sum()) for _, m in batches) / sum(int(m.numel()) for _, m in batches)
-
-
-def _load(model_pt: Path) -> tuple[Any, Any]:
-    """(model, device): the exported TorchScript model, on the GPU when there is one."""
+def limit_layouts(model_pt: Path) -> list[Layout]:
+    """Every P x T over the usable cores on a CPU; on a GPU one process (more would share the one device)."""
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = torch.jit.load(str(model_pt), map_location=device).eval()
-    return model, device
+    cores = usable_cores()
+    return [Layout(1, cores)] if torch.cuda.is_available() else layouts(cores)
 
 
-def _timed(run: Callable[[int], int], warm: Iterable[int], batches: int, min_s: float, clean: Clean) -> Measurement:
-    """`run` the batches in `warm` once, untimed (first calls pay for kernel set-up), then time them all."""
-    import torch
+def _search(model_pt: Path, jobs: dict[int, Job], clean: Clean, what: str, candidates: Sequence[Layout] | None) -> Best:
+    """Every batch size in every layout; the best pair wins.
 
-    with torch.inference_mode(), torch.jit.optimized_execution(False):  # type: ignore[attr-defined]
-        for index in warm:
-            run(index)
-        return clean(partial(timed_batches, run, batches, min_s))
+    Each layout tries every batch size (not only the one that won in one
+    process): with fewer threads per process smaller batches can win, and
+    the maximum over the whole grid is the only choice that stays an upper
+    bound of what it measured. The cost is a few more measurements.
+    """
+    results: dict[tuple[Layout, int], Measurement] = {}
+    for layout in candidates or limit_layouts(model_pt):
+        with place(model_pt, layout) as where:
+            for size, job in jobs.items():
+                where.prepare(job)
+                results[(layout, size)] = m = clean(where.go)
+                log.info("  limit %s, %s, batch %d: %.2f/s", what, layout, size, m.sentences_per_s)
+    layout, size = max(results, key=lambda k: results[k].sentences_per_s)
+    by_layout: dict[str, dict[int, float]] = {}
+    for (lay, b), m in results.items():
+        by_layout.setdefault(lay.key, {})[b] = round(m.sentences_per_s, 2)
+    best = Best(size, results[(layout, size)], by_layout[layout.key], layout=layout, by_layout=by_layout)
+    best.padding = jobs[size].padding()
+    return best
 
 
 def limit(
@@ -103,31 +101,23 @@ def limit(
     min_s: float,
     unsorted: bool = False,
     clean: Clean = _as_is,
+    candidates: Sequence[Layout] | None = None,
 ) -> Best:
-    model, device = _load(model_pt)
     tok = Tokenizer.from_file(str(tokenizer_json))
     in_order = [e.ids for e in tok.encode_batch(list(workload.texts[:sample]))]
     encoded = sorted(in_order, key=len)
-    results: dict[int, Measurement] = {}
-    padding: dict[int, float] = {}
-
-    def timed(batches: list[tuple[Any, Any]]) -> Measurement:
-        def run(index: int) -> int:
-            ids, mask = batches[index]
-            model(ids, mask).cpu()  # the logits in host memory, as a server needs them
-            return int(ids.shape[0])
-
-        return _timed(run, range(len(batches)), len(batches), min_s, clean)
-
-    for size in batch_sizes:
-        batches = _batches(encoded, size, device)
-        padding[size] = _padding(batches)
-        results[size] = timed(batches)
-        log.info("  limit %s batch %d: %.1f/s", workload.name, size, results[size].sentences_per_s)
-    best = _pick(results, padding)
+    best = _search(
+        model_pt, {size: Job(encoded, size, min_s) for size in batch_sizes}, clean, workload.name, candidates
+    )
     if unsorted:
-        best.unsorted_per_s = round(timed(_batches(in_order, best.batch_size, device)).sentences_per_s, 1)
-        log.info("  limit %s batch %d, corpus order: %.1f/s", workload.name, best.batch_size, best.unsorted_per_s)
+        assert best.layout is not None
+        with place(model_pt, best.layout) as where:
+            where.prepare(Job(in_order, best.batch_size, min_s))
+            best.unsorted_per_s = round(clean(where.go).sentences_per_s, 1)
+        log.info(
+            "  limit %s, %s, batch %d, corpus order: %.1f/s",
+            workload.name, best.layout, best.batch_size, best.unsorted_per_s,
+        )  # fmt: skip
     return best
 
 
@@ -138,6 +128,7 @@ def window_limit(
     batch_sizes: Sequence[int],
     sample: int,
     clean: Clean = _as_is,
+    candidates: Sequence[Layout] | None = None,
 ) -> Best:
     """The limit for texts longer than the model, in texts (not windows) per second.
 
@@ -147,14 +138,12 @@ def window_limit(
     stride a quarter of a window's text tokens), windows of all texts batched
     and sorted by length (full windows together: almost no padding), logits
     to host memory, then each text's windows' softmax averaged, weighted by
-    their tokens (the service's MEAN). As in `limit`, tokenizing is left out.
+    their tokens (the service's MEAN). As in `limit`, tokenizing is left out,
+    and each layout's processes share the batches out.
 
     Each batch size is timed over exactly one pass of the sample: a text only
     counts once its last window has run, so a pass cut short would undercount.
     """
-    import numpy as np
-
-    model, device = _load(model_pt)
     info = ModelInfo.from_json((model_pt.parent / INFO_FILE).read_text(encoding="utf-8"))
     tok = Tokenizer.from_file(str(tokenizer_json))
     tok.no_padding()
@@ -167,47 +156,13 @@ def window_limit(
         for window in (e, *e.overflowing)
     ]
     windows.sort(key=lambda w: len(w[1]))  # stable: the full windows stay in text order
+    encoded = [ids for _, ids in windows]
     owners = [text for text, _ in windows]
-    per_text = Counter(owners)
-    members: dict[int, list[int]] = {}
-    for position, text in enumerate(owners):
-        members.setdefault(text, []).append(position)
-    weights = np.array([len(ids) for _, ids in windows], dtype=np.float64)  # tokens, special tokens included
-    probs = np.zeros((len(windows), len(info.labels)))
-    left: Counter[int] = Counter()  # windows each text still waits for in this pass
-    results: dict[int, Measurement] = {}
-    padding: dict[int, float] = {}
-
-    for size in batch_sizes:
-        batches = _batches([ids for _, ids in windows], size, device)
-        padding[size] = _padding(batches)
-
-        def run(index: int, batches: list[tuple[Any, Any]] = batches, size: int = size) -> int:
-            if index == 0:  # a new pass: every text needs all its windows again
-                left.clear()
-                left.update(per_text)
-            ids, mask = batches[index]
-            logits = model(ids, mask).float().cpu().numpy()
-            z = np.exp(logits - logits.max(axis=1, keepdims=True))
-            first = index * size
-            probs[first : first + len(logits)] = z / z.sum(axis=1, keepdims=True)
-            done = 0
-            for text in owners[first : first + len(logits)]:
-                left[text] -= 1
-                if left[text] == 0:  # its last window: the text's answer
-                    rows = members[text]
-                    np.average(probs[rows], axis=0, weights=weights[rows]).argmax()
-                    done += 1
-            return done
-
-        warm: dict[tuple[int, ...], int] = {}  # the first batch of each shape (most are full windows)
-        for index, (ids, _) in enumerate(batches):
-            warm.setdefault(tuple(ids.shape), index)
-        # min_s=0: exactly one pass (timed_batches always completes one), every text counted once.
-        results[size] = _timed(run, warm.values(), len(batches), 0.0, clean)
-        log.info("  limit %s batch %d windows: %.2f texts/s", workload.name, size, results[size].sentences_per_s)
-    best = _pick(results, padding)
-    best.windows_per_text = round(len(windows) / len(per_text), 2)
+    weights = [len(ids) for ids in encoded]  # tokens, special tokens included
+    # min_s=0: exactly one pass (timed_batches always completes one), every text counted once.
+    jobs = {size: Job(encoded, size, 0.0, owners, weights, len(info.labels)) for size in batch_sizes}
+    best = _search(model_pt, jobs, clean, f"{workload.name} windows (texts/s)", candidates)
+    best.windows_per_text = round(len(windows) / len(set(owners)), 2)
     best.stride = stride
     best.window = info.max_length
     return best

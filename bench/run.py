@@ -2,7 +2,8 @@
 
 One run, one machine, one model (full-size DistilBERT, random weights):
 
-  limit            the exported TorchScript model in-process, best batch size, no server
+  limit            the exported TorchScript model in-process, no server: the best batch size in the best
+                   layout of P processes x T torch threads over the usable cores (bench/layouts.py)
   pipeline         transformers.pipeline("text-classification"), fp32, best batch_size (the seed's way)
   triton_direct    tritonclient straight to the same Triton (client tokenizes, one text or 32 per call)
   service_unary    this service's Classify, one text per call, concurrency 1, 16, 64
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -194,7 +196,8 @@ def clean_inprocess(quiet: machine.Quiet) -> inprocess.Clean:
         kept: Measurement | None = None
         for attempt in range(quiet.attempts):
             quiet.wait()
-            with machine.CpuMonitor([]) as cpu:
+            # Ours: this process and the limit's worker processes (P > 1 layouts), if any.
+            with machine.CpuMonitor([p.pid for p in multiprocessing.active_children() if p.pid]) as cpu:
                 m = measure()
             m.foreign_cpu = round(cpu.share.foreign_cores, 2)
             if kept is None or m.foreign_cpu < (kept.foreign_cpu or 0.0):
@@ -318,7 +321,7 @@ def limit_row(
         )
         return Row.of(
             "limit", workload.name, 1, best.batch_size, best.measurement, dtype, batch_size=best.batch_size,
-            padding=round(best.padding or 0.0, 3), tried=best.tried, windows_per_text=best.windows_per_text,
+            **_layout_notes(best), padding=round(best.padding or 0.0, 3), windows_per_text=best.windows_per_text,
             window=best.window, stride=best.stride, foreign_cpu=best.measurement.foreign_cpu,
         )  # fmt: skip
     best = inprocess.limit(
@@ -334,9 +337,20 @@ def limit_row(
     padding = round(best.padding, 3) if best.padding is not None else None
     return Row.of(
         "limit", workload.name, 1, best.batch_size, best.measurement, dtype, batch_size=best.batch_size,
-        padding=padding, tried=best.tried, unsorted_per_s=best.unsorted_per_s,
+        **_layout_notes(best), padding=padding, unsorted_per_s=best.unsorted_per_s,
         foreign_cpu=best.measurement.foreign_cpu,
     )  # fmt: skip
+
+
+def _layout_notes(best: inprocess.Best) -> dict[str, Any]:
+    """Which processes x threads won, and every layout's sentences/s by batch size (`tried`)."""
+    assert best.layout is not None
+    return {
+        "layout": str(best.layout),
+        "procs": best.layout.procs,
+        "threads": best.layout.threads,
+        "tried": best.by_layout,
+    }
 
 
 def pipeline_row(workload: corpus.Workload, plan: Plan, clean: inprocess.Clean) -> Row:

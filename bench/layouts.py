@@ -1,0 +1,357 @@
+"""Where the limit runs: P processes x T torch threads, P * T = the usable cores.
+
+One process with every core's thread is not always the fastest way to run the
+model on a CPU: Triton runs it as separate model instances (on 2 cores, two
+single-thread processes), and small batches leave a thread pool idle between
+operators. So the limit is measured over `layouts(cores)` and the best kept.
+
+- `Local` (P = 1): the model in this process with T torch threads, the
+  in-process path the limit always had.
+- `Workers` (P > 1): P spawned processes, each with its own model.pt and T
+  threads. Each gets its share of the same batches (round-robin), warms up on
+  it, waits on a shared barrier, then runs it; the layout's throughput is all
+  texts over the wall time from the barrier to the last process done.
+
+Both run a `Job` through `runner`, the one piece of code that calls the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from load import Measurement, timed_batches
+
+BARRIER_TIMEOUT_S = 600.0  # a worker waits this long at the start barrier for the others
+STOP_TIMEOUT_S = 10.0  # then terminate, then kill
+
+
+@dataclass(frozen=True, order=True)
+class Layout:
+    procs: int
+    threads: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.procs}x{self.threads}"
+
+    def __str__(self) -> str:
+        p, t = self.procs, self.threads
+        return f"{p} proc{'s' if p > 1 else ''} x {t} thread{'s' if t > 1 else ''}"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), not the machine's."""
+    return len(os.sched_getaffinity(0))
+
+
+def layouts(cores: int) -> list[Layout]:
+    """Every P x T with P * T = cores, from one process with all threads to one process per core.
+
+    2 cores: 1x2, 2x1; 4: 1x4, 2x2, 4x1; 8: four layouts; 16: five. A prime
+    number of cores has only the two ends.
+    """
+    if cores < 1:
+        raise ValueError(f"cores must be at least 1, not {cores}")
+    return [Layout(p, cores // p) for p in range(1, cores + 1) if cores % p == 0]
+
+
+def share(batches: int, procs: int, index: int) -> list[int]:
+    """The batches process `index` of `procs` runs: round-robin, so each gets short and long ones alike."""
+    return list(range(index, batches, procs))
+
+
+@dataclass(frozen=True)
+class Job:
+    """Batches of `size` cut in order from `encoded` (token ids), and how long to run them.
+
+    Window jobs (`owners` set): `encoded` are the windows of several texts,
+    `owners[i]` the text of window i and `weights[i]` its tokens; a batch
+    counts the texts whose last window it holds (their answer is the
+    token-weighted mean of their windows' softmax), and `labels` is the
+    model's number of outputs.
+    """
+
+    encoded: list[list[int]]
+    size: int
+    min_s: float
+    owners: list[int] | None = None
+    weights: list[int] | None = None
+    labels: int = 0
+
+    @property
+    def batches(self) -> int:
+        return -(-len(self.encoded) // self.size)
+
+    def padding(self) -> float:
+        """The padded share of the tokens the model runs (batches pad to their longest text)."""
+        chunks = [self.encoded[s : s + self.size] for s in range(0, len(self.encoded), self.size)]
+        return 1 - sum(len(x) for x in self.encoded) / sum(len(c) * max(len(x) for x in c) for c in chunks)
+
+
+def load_model(model_pt: Path) -> tuple[Any, Any]:
+    """(model, device): the exported TorchScript model, on the GPU when there is one."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = torch.jit.load(str(model_pt), map_location=device).eval()
+    return model, device
+
+
+@contextlib.contextmanager
+def inference() -> Iterator[None]:
+    import torch
+
+    with torch.inference_mode(), torch.jit.optimized_execution(False):  # type: ignore[attr-defined]
+        yield
+
+
+def runner(model: Any, device: Any, job: Job, mine: Sequence[int]) -> tuple[Callable[[int], int], list[int]]:
+    """(run, warm) for the batches `mine` of `job`: run(i) runs the i-th of them and returns the texts it finished;
+    `warm` lists the ones to run once, untimed, first (every batch; windows: the first of each shape).
+
+    Padded exactly as the front-end pads (pad id 0, like the exported DistilBERT).
+    """
+    import numpy as np
+    import torch
+    from sentiment_server.core.tokenization import pad_batch
+
+    tensors = []
+    for g in mine:
+        chunk = job.encoded[g * job.size : (g + 1) * job.size]
+        padded, mask = pad_batch([np.asarray(seq, dtype=np.int64) for seq in chunk], 0)
+        tensors.append((torch.from_numpy(padded).to(device), torch.from_numpy(mask).to(device)))
+
+    if job.owners is None:
+
+        def run(i: int) -> int:
+            ids, mask = tensors[i]
+            model(ids, mask).cpu()  # the logits in host memory, as a server needs them
+            return int(ids.shape[0])
+
+        return run, list(range(len(tensors)))
+
+    owners, size = job.owners, job.size
+    weights = np.asarray(job.weights, dtype=np.float64)  # tokens, special tokens included
+    members: dict[int, list[int]] = {}
+    for position, text in enumerate(owners):
+        members.setdefault(text, []).append(position)
+    finishing: dict[int, list[int]] = {}  # batch -> the texts whose last window it holds
+    for text, rows in members.items():
+        finishing.setdefault(rows[-1] // size, []).append(text)
+    # A text whose windows went to several processes is averaged here over the rows this process holds
+    # (the others stay 0): the same work, and nobody reads the answer.
+    probs = np.zeros((len(owners), job.labels))
+
+    def run_windows(i: int) -> int:
+        g = mine[i]
+        ids, mask = tensors[i]
+        logits = model(ids, mask).float().cpu().numpy()
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs[g * size : g * size + len(logits)] = z / z.sum(axis=1, keepdims=True)
+        done = finishing.get(g, [])
+        for text in done:
+            rows = members[text]
+            np.average(probs[rows], axis=0, weights=weights[rows]).argmax()
+        return len(done)
+
+    warm: dict[tuple[int, ...], int] = {}  # the first batch of each shape (most are full windows)
+    for i, (batch_ids, _) in enumerate(tensors):
+        warm.setdefault(tuple(batch_ids.shape), i)
+    return run_windows, list(warm.values())
+
+
+def _timed(run: Callable[[int], int], batches: int, min_s: float) -> Measurement:
+    if not batches:  # more processes than batches: this one has nothing to do
+        return Measurement()
+    with inference():
+        return timed_batches(run, batches, min_s)
+
+
+class Place(Protocol):
+    """A layout ready to measure: `prepare(job)` builds and warms its batches, `go()` times them."""
+
+    def prepare(self, job: Job) -> None: ...
+
+    def go(self) -> Measurement: ...
+
+
+class Local:
+    """P = 1: the model in this process with `threads` torch threads (restored afterwards)."""
+
+    def __init__(self, model_pt: Path, threads: int) -> None:
+        self.model_pt = model_pt
+        self.threads = threads
+
+    def __enter__(self) -> Local:
+        import torch
+
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        self.model, self.device = load_model(self.model_pt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads_before)
+
+    def prepare(self, job: Job) -> None:
+        self.job = job
+        self.run, warm = runner(self.model, self.device, job, range(job.batches))
+        with inference():
+            for i in warm:  # first calls pay for kernel set-up
+                self.run(i)
+
+    def go(self) -> Measurement:
+        return _timed(self.run, self.job.batches, self.job.min_s)
+
+
+def _serve(model_pt: str, threads: int, conn: multiprocessing.connection.Connection, barrier: Any) -> None:
+    """A worker: load the model, then prepare / go on the parent's word until it says stop or goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        model, device = load_model(Path(model_pt))
+        conn.send(("loaded", None))
+        prepared: tuple[Job, list[int], Callable[[int], int]] | None = None
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            if message is None:
+                return
+            kind, payload = message
+            if kind == "prepare":
+                job, mine = payload
+                run, warm = runner(model, device, job, mine)
+                with inference():
+                    for i in warm:
+                        run(i)
+                prepared = (job, mine, run)
+                conn.send(("ready", None))
+            elif kind == "go":
+                assert prepared is not None
+                job, mine, run = prepared
+                barrier.wait(BARRIER_TIMEOUT_S)
+                start = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
+                m = _timed(run, len(mine), job.min_s)
+                conn.send(("done", (start, time.monotonic(), m)))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.send(("error", traceback.format_exc()))
+        raise
+
+
+class Workers:
+    """P > 1: `procs` spawned processes with `threads` torch threads each; all stopped on the way out."""
+
+    def __init__(self, model_pt: Path, procs: int, threads: int) -> None:
+        self.model_pt = model_pt
+        self.procs = procs
+        self.threads = threads
+        self.processes: list[Any] = []
+        self.conns: list[multiprocessing.connection.Connection] = []
+
+    def __enter__(self) -> Workers:
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked torch or tokenizer threads
+        barrier = ctx.Barrier(self.procs)
+        try:
+            for _ in range(self.procs):
+                ours, theirs = ctx.Pipe()
+                process = ctx.Process(
+                    target=_serve, args=(str(self.model_pt), self.threads, theirs, barrier), daemon=True
+                )
+                process.start()
+                theirs.close()
+                self.processes.append(process)
+                self.conns.append(ours)
+            self._collect("loaded")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ask each to stop, then terminate, then kill what is left; join them all."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(STOP_TIMEOUT_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for conn in self.conns:
+            conn.close()
+        self.processes, self.conns = [], []
+
+    def _collect(self, expected: str) -> list[Any]:
+        """Each worker's next answer, which must be `expected`; a worker that dies or fails raises."""
+        answers: dict[int, Any] = {}
+        sentinels = {p.sentinel: i for i, p in enumerate(self.processes)}
+        conns = {id(c): i for i, c in enumerate(self.conns)}
+        while len(answers) < len(self.conns):
+            waiting = [c for i, c in enumerate(self.conns) if i not in answers]
+            for ready in multiprocessing.connection.wait([*waiting, *sentinels]):
+                if isinstance(ready, int):
+                    i = sentinels[ready]
+                    if i not in answers and not self.conns[i].poll():
+                        raise RuntimeError(f"limit worker {i} exited ({self.processes[i].exitcode})")
+                    continue
+                assert isinstance(ready, multiprocessing.connection.Connection)
+                i = conns[id(ready)]
+                kind, payload = ready.recv()
+                if kind == "error":
+                    raise RuntimeError(f"limit worker {i} failed:\n{payload}")
+                if kind != expected:
+                    raise RuntimeError(f"limit worker {i}: {kind!r}, expected {expected!r}")
+                answers[i] = payload
+        return [answers[i] for i in range(len(self.conns))]
+
+    def prepare(self, job: Job) -> None:
+        for i, conn in enumerate(self.conns):
+            conn.send(("prepare", (job, share(job.batches, self.procs, i))))
+        self._collect("ready")
+
+    def go(self) -> Measurement:
+        """All processes from the barrier on: their texts over the wall time to the last one done."""
+        for conn in self.conns:
+            conn.send(("go", None))
+        done = self._collect("done")
+        total = Measurement()
+        for _, _, m in done:
+            total = total.merge(m)
+        total.seconds = max(end for _, end, _ in done) - min(start for start, _, _ in done)
+        return total
+
+
+def place(model_pt: Path, layout: Layout) -> contextlib.AbstractContextManager[Place]:
+    """The model run in `layout`: this process (P = 1) or spawned workers."""
+    if layout.procs == 1:
+        return Local(model_pt, layout.threads)
+    return Workers(model_pt, layout.procs, layout.threads)
