@@ -74,8 +74,11 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def up(versions: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+@pytest.fixture(scope="module", params=["1", "2"], ids=lambda n: f"{n}-workers")
+def up(
+    versions: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Up]:
+    """With two workers the parent switches both (each call still wholly one version) before it answers."""
     root = tmp_path_factory.mktemp("rollout")
     repository = root / "repo"
     _export(versions["1"], repository)
@@ -84,7 +87,7 @@ def up(versions: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> I
         process = subprocess.Popen(
             sentiment_server(
                 "up", "--port", "0", "--admin-port", "0", "--model-repository", str(repository),
-                "--checkpoint", str(versions["1"]), "--max-concurrent-batches", "1",
+                "--checkpoint", str(versions["1"]), "--max-concurrent-batches", "1", "--workers", request.param,
             ),
             stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip

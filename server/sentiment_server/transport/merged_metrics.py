@@ -58,6 +58,8 @@ class MergedMetrics(Collector):
         totals: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         for text in self._expositions():
             for family in text_string_to_metric_families(text):
+                if family.name.endswith("_created"):  # the text format writes them as gauges of their own
+                    continue
                 if family.name not in families:
                     families[family.name] = Metric(family.name, family.documentation, family.type)
                     totals[family.name] = {}
