@@ -209,3 +209,13 @@ def test_sigterm_drains_every_worker(model_repository: Path, triton: object, tmp
     # Later calls were refused ("shutting down", or the port closed), or CANCELLED as gRPC closed the port.
     after = {c.code for c in calls if c.started > signalled_at}
     assert after <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+
+
+def test_workers_die_with_a_killed_parent(model_repository: Path, triton: object, tmp_path: Path):
+    service, _ = start_workers(model_repository, triton, tmp_path)
+    workers = wait_for_workers(service.process.pid, 2)
+    service.stop(signal.SIGKILL)
+    until = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < until, "workers outlived their parent"
+        time.sleep(0.05)
