@@ -508,6 +508,8 @@ def test_kubernetes_agrees_with_the_code(directory: Path) -> None:
         for p in svc["spec"]["ports"]:
             assert serve.admin_port not in (p["port"], p.get("targetPort")), svc["metadata"]["name"]
     assert {"cpu", "memory"} <= set(frontend["resources"]["requests"])
+    [workers] = [e["valueFrom"]["resourceFieldRef"] for e in frontend["env"] if e["name"] == "SENTIMENT_WORKERS"]
+    assert (workers["containerName"], workers["resource"]) == ("frontend", "requests.cpu")  # one per core it gets
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     hpa = find(docs, "HorizontalPodAutoscaler", "sentiment-frontend")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]

@@ -14,7 +14,9 @@ claim the same cores.
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
 AUTO = "auto"
 
@@ -22,12 +24,21 @@ AUTO = "auto"
 _MODEL_CORES_PER_FRONT_END = 8
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its affinity mask (taskset, cpusets), capped by a cgroup v2 CPU quota
+    rounded up (a container's CPU limit: 2.5 cores -> 3), so a pod limited to 2 cores on a 64-core node
+    does not start 64 workers."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
 def front_end_cores(cores: int, on_gpu: bool) -> int:

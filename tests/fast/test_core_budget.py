@@ -80,3 +80,11 @@ def test_export_passes_resolved_numbers(monkeypatch):
     assert [(c["instance_count"], c["torch_threads"]) for c in calls] == [(14, 1), (2, 0)]
     with pytest.raises(ValueError, match="--torch-threads"):
         cli._export(ExportSettings(torch_threads="all"))
+
+
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("250000 100000\n")  # a 2.5-core limit
+    assert usable_cores(cpu_max) == min(3, usable_cores(tmp_path / "absent"))
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == usable_cores(tmp_path / "absent")
