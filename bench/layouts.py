@@ -289,14 +289,15 @@ class Workers:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+        # On an error or Ctrl-C a worker may be in the middle of a timed run: terminate it now.
+        self.close(STOP_TIMEOUT_S if kind is None else 0.0)
 
-    def close(self) -> None:
-        """Ask each to stop, then terminate, then kill what is left; join them all."""
+    def close(self, wait_s: float = 0.0) -> None:
+        """Ask each to stop and wait up to `wait_s`, then terminate, then kill what is left; join them all."""
         for conn in self.conns:
             with contextlib.suppress(OSError):
                 conn.send(None)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        deadline = time.monotonic() + wait_s
         for process in self.processes:
             process.join(max(0.0, deadline - time.monotonic()))
         for process in self.processes:
