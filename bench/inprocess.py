@@ -26,8 +26,9 @@ from functools import partial
 from pathlib import Path
 
 from corpus import Workload
-from layouts import Job, Layout, layouts, place, usable_cores
+from layouts import Job, Layout, layouts, place
 from load import Measurement, timed_batches
+from sentiment_server.core_budget import usable_cores
 from sentiment_server.model_artifact import INFO_FILE, ModelInfo
 from tokenizers import Tokenizer
 

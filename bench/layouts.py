@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
-import os
 import signal
 import time
 import traceback
@@ -49,11 +48,6 @@ class Layout:
     def __str__(self) -> str:
         p, t = self.procs, self.threads
         return f"{p} proc{'s' if p > 1 else ''} x {t} thread{'s' if t > 1 else ''}"
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity), not the machine's."""
-    return len(os.sched_getaffinity(0))
 
 
 def layouts(cores: int) -> list[Layout]:
