@@ -72,9 +72,13 @@ class Service:
     A windowed workload (`long`) sends its texts with WINDOWS: one answer per text.
     """
 
-    def __init__(self, target: str, workload: Workload) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        self.stub = pb_grpc.SentimentServiceStub(self.channel)  # type: ignore[no-untyped-call]
+    def __init__(self, target: str, workload: Workload, connections: int = 1) -> None:
+        """`connections` > 1: calls go round-robin over that many connections (so a front-end with several
+        worker processes, which share the port connection by connection, gets work on each)."""
+        options = [*_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self.channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+        self.stubs = [pb_grpc.SentimentServiceStub(c) for c in self.channels]  # type: ignore[no-untyped-call]
+        self.stub = self.stubs[0]
         self.texts = list(workload.texts)
         self.truncation = WINDOWS if workload.windowed else None
         self._requests: dict[int, list[pb.ClassifyRequest]] = {}
@@ -93,7 +97,7 @@ class Service:
 
         async def call(index: int) -> int:
             request = requests[index % len(requests)]
-            response = await self.stub.Classify(request, timeout=120)
+            response = await self.stubs[index % len(self.stubs)].Classify(request, timeout=120)
             return len(response.results)
 
         return await closed_loop(call, concurrency, warmup_s, measure_s)
@@ -142,7 +146,7 @@ class Service:
         return result
 
     async def close(self) -> None:
-        await self.channel.close()
+        await asyncio.gather(*(c.close() for c in self.channels))
 
 
 async def paired_c1(direct: TritonDirect, service: Service, seconds: float) -> tuple[Measurement, Measurement, float]:

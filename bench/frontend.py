@@ -9,6 +9,10 @@ under closed-loop load, at each `--concurrency` (default 1, 16, 64):
   batch    Classify, 32 texts per call
   stream   ClassifyStream, one text per message, `--stream-window` (64) in flight (one row)
 
+With `--workers 1 2`, each set of rows is taken again with that many front-end
+worker processes (`serve --workers`), the client spreading its calls over four
+connections per worker; the front-end's CPU is the parent's and every worker's.
+
 Each cell has a warm-up, then a measuring window of `--seconds` (default 10).
 Alongside, in the same run, bench/grpc_floor.floor_cpu measures the floor: a
 bare grpc.aio proxy that forwards Classify to an echo server and does nothing
@@ -61,6 +65,7 @@ log = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_NAME = "sentiment"  # the name bench/procs.py waits for
 BATCH = 32
+CONNECTIONS_PER_WORKER = 4
 
 
 def build_repository(root: Path) -> Path:
@@ -99,29 +104,37 @@ def cell(path: str, concurrency: int, texts: int, m: Measurement, cpu: dict[str,
 
 
 async def measure_service(
-    procs: Processes, workload: corpus.Workload, concurrencies: list[int], window: int, warmup_s: float, seconds: float
+    procs: Processes,
+    workload: corpus.Workload,
+    concurrencies: list[int],
+    window: int,
+    warmup_s: float,
+    seconds: float,
+    workers: int,
 ) -> list[dict[str, Any]]:
     assert procs.front is not None and procs.triton is not None and procs.triton.pid is not None
+    front = procs.front.process.pid
     pids = {
-        "frontend": [procs.front.process.pid],
+        "frontend": [front, *children(front)],  # with --workers: the parent and every worker
         "triton": [procs.triton.pid, *children(procs.triton.pid)],
         "client": [os.getpid()],
     }
-    service = Service(procs.front.target, workload)
+    # Workers share the port connection by connection: several connections give each of them calls.
+    service = Service(procs.front.target, workload, connections=CONNECTIONS_PER_WORKER * workers)
     rows = []
     try:
         for path, texts in (("unary", 1), ("batch", BATCH)):
             for c in concurrencies:
-                log.info("%s c=%d", path, c)
+                log.info("workers=%d %s c=%d", workers, path, c)
                 m, cpu = await asyncio.gather(
                     service.measure(c, texts, warmup_s, seconds), grpc_floor.cpu_window(pids, warmup_s, seconds)
                 )
-                rows.append(cell(path, c, texts, m, cpu))
-        log.info("stream window=%d", window)
+                rows.append(cell(path, c, texts, m, cpu) | {"workers": workers})
+        log.info("workers=%d stream window=%d", workers, window)
         m, cpu = await asyncio.gather(
             service.measure_stream(window, 1, warmup_s, seconds), grpc_floor.cpu_window(pids, warmup_s, seconds)
         )
-        rows.append(cell("stream", window, 1, m, cpu))
+        rows.append(cell("stream", window, 1, m, cpu) | {"workers": workers})
     finally:
         await service.close()
     return rows
@@ -137,15 +150,16 @@ def add_floor(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> 
 
 def table(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> str:
     lines = [
-        "| path | concurrency | calls/s | texts/s | p50 ms | p99 ms | front-end CPU ms/call | CPU ms/text "
-        "| floor CPU ms/call | x floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | path | concurrency | calls/s | texts/s | p50 ms | p99 ms | front-end CPU ms/call | CPU ms/text "
+        "| floor CPU ms/call | x floor | client CPU ms/call |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['path']} | {r['concurrency']} | {r['calls_per_s']:.0f} | {r['texts_per_s']:.0f} "
+            f"| {r['workers']} | {r['path']} | {r['concurrency']} | {r['calls_per_s']:.0f} | {r['texts_per_s']:.0f} "
             f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['frontend_cpu_ms_per_call']:.3f} "
-            f"| {r['frontend_cpu_ms_per_text']:.3f} | {r['floor_cpu_ms_per_call']:.3f} | {r['ratio_to_floor']:.1f} |"
+            f"| {r['frontend_cpu_ms_per_text']:.3f} | {r['floor_cpu_ms_per_call']:.3f} | {r['ratio_to_floor']:.2f} "
+            f"| {r['client_cpu_ms_per_call']:.3f} |"
         )
     lines += [
         "",
@@ -171,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=None, help="warm-up per cell (2; --quick 1)")
     parser.add_argument("--stream-window", type=int, default=64, help="ClassifyStream messages in flight (64)")
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 16, 5-s windows")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="front-end worker processes, one set of rows each (1)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "frontend.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -185,8 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         repository = build_repository(root)
         workload = corpus.build("short", repository / MODEL_NAME / "1" / "tokenizer.json", size=512)
         (root / "logs").mkdir()
-        with Processes(repository, root / "logs") as procs:
-            rows = asyncio.run(measure_service(procs, workload, concurrencies, args.stream_window, warmup, seconds))
+        rows = []
+        with Processes(repository, root / "logs", serve_args=["--workers", str(args.workers[0])]) as procs:
+            for n, workers in enumerate(args.workers):
+                if n > 0:
+                    procs.start_front_end(["--workers", str(workers)])
+                rows += asyncio.run(
+                    measure_service(procs, workload, concurrencies, args.stream_window, warmup, seconds, workers)
+                )
     floor_cells = sorted({(t, c) for t in (1, BATCH) for c in concurrencies} | {(1, args.stream_window)})
     log.info("floor: %d cells", len(floor_cells))
     floor = grpc_floor.floor_cpu(floor_cells, warmup, seconds)
