@@ -18,6 +18,10 @@ Alongside, in the same run, bench/grpc_floor.floor_cpu measures the floor: a
 bare grpc.aio proxy that forwards Classify to an echo server and does nothing
 else, with the same texts per call and the same concurrency.
 
+A last line gives the model's tokenizer alone (`encode_batch`, 32 texts a
+call, in this process): its CPU per text is a floor no Python front-end gets
+under, whatever it does with gRPC and batching.
+
 Columns: calls/s and texts/s finished in the window; p50/p99 latency; the
 front-end process's CPU seconds over the window (utime + stime of its pid in
 /proc) per call and per text; and `x floor`, the front-end's CPU ms per call
@@ -140,6 +144,24 @@ async def measure_service(
     return rows
 
 
+def tokenizer_cpu_ms_per_text(tokenizer_json: Path, workload: corpus.Workload, rounds: int = 20) -> float:
+    """CPU ms per text of the model's tokenizer alone (`encode_batch`, 32 texts a call, in this process): what
+    any front-end in Python pays per text before gRPC, batching or Triton, the floor for CPU per text."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tokenizer.enable_truncation(max_length=512)
+    texts = list(workload.texts)
+    batches = [texts[i : i + BATCH] for i in range(0, len(texts), BATCH)]
+    for batch in batches:
+        tokenizer.encode_batch(batch)  # warm
+    started = time.process_time()  # every thread of this process: encode_batch may use several
+    for _ in range(rounds):
+        for batch in batches:
+            tokenizer.encode_batch(batch)
+    return 1000 * (time.process_time() - started) / (rounds * len(texts))
+
+
 def add_floor(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> None:
     by_cell = {(f.texts_per_call, f.concurrency): f for f in floor}
     for row in rows:
@@ -148,7 +170,7 @@ def add_floor(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> 
         row["ratio_to_floor"] = row["frontend_cpu_ms_per_call"] / f.cpu_ms_per_call if f else float("nan")
 
 
-def table(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> str:
+def table(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell], tokenizer_ms: float) -> str:
     lines = [
         "| workers | path | concurrency | calls/s | texts/s | p50 ms | p99 ms | front-end CPU ms/call | CPU ms/text "
         "| floor CPU ms/call | x floor | client CPU ms/call |",
@@ -171,6 +193,7 @@ def table(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> str:
             f"| {f.texts_per_call} | {f.concurrency} | {f.calls_per_s:.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} "
             f"| {f.cpu_ms_per_call:.3f} |"
         )
+    lines += ["", f"Tokenizer alone (encode_batch, {BATCH} texts a call): {tokenizer_ms:.3f} CPU ms per text."]
     return "\n".join(lines)
 
 
@@ -200,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         log.info("building and exporting a tiny checkpoint")
         repository = build_repository(root)
-        workload = corpus.build("short", repository / MODEL_NAME / "1" / "tokenizer.json", size=512)
+        tokenizer_json = repository / MODEL_NAME / "1" / "tokenizer.json"
+        workload = corpus.build("short", tokenizer_json, size=512)
+        tokenizer_ms = tokenizer_cpu_ms_per_text(tokenizer_json, workload)
         (root / "logs").mkdir()
         rows = []
         with Processes(repository, root / "logs", serve_args=["--workers", str(args.workers[0])]) as procs:
@@ -214,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("floor: %d cells", len(floor_cells))
     floor = grpc_floor.floor_cpu(floor_cells, warmup, seconds)
     add_floor(rows, floor)
-    print(table(rows, floor))
+    print(table(rows, floor, tokenizer_ms))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -224,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup_s": warmup,
                 "rows": rows,
                 "floor": [f.as_dict() for f in floor],
+                "tokenizer_cpu_ms_per_text": tokenizer_ms,
             },
             indent=2,
         )

@@ -71,8 +71,14 @@ echo "gpu_check: packages ready after $((SECONDS - started)) s"
 
 # fp16 on the GPU (bench/run.py's auto dtype picks fp16 where CUDA is visible).
 timeout 420 "$PY" bench/run.py --quick --dtype fp16 --out bench/results/gpu "$@"
+# The front-end's CPU per call and per text with one worker and with one per core
+# (a tiny model: what the front-end can push when the GPU is not the limit).
+cores=$(nproc)
+timeout 150 "$PY" bench/frontend.py --quick --concurrency 64 --seconds 3 --workers 1 "$cores" \
+  --out bench/results/gpu/frontend.json || echo "gpu_check: bench/frontend.py did not finish" >&2
 if [[ -n "${OUT:-}" ]]; then
-  cp bench/results/gpu/latest.md bench/results/gpu/latest.json bench/results/gpu/latest.png "$OUT"/ 2>/dev/null || true
+  cp bench/results/gpu/latest.md bench/results/gpu/latest.json bench/results/gpu/latest.png \
+    bench/results/gpu/frontend.json "$OUT"/ 2>/dev/null || true
   cp bench/.cache/logs/frontend.log "$OUT"/ 2>/dev/null || true
   newest=$(ls -t bench/.cache/logs/tritonserver-*.log 2>/dev/null | head -1)
   [[ -n "$newest" ]] && cp "$newest" "$OUT"/tritonserver.log || true
