@@ -54,19 +54,6 @@ async def _wait_for_signal(watch: Coroutine[Any, Any, None] | None = None) -> No
         task.result()
 
 
-async def _first_failure(*watches: Coroutine[Any, Any, None]) -> None:
-    """Run the watches together; the first one to fail ends them all with its exception."""
-    tasks = [asyncio.ensure_future(w) for w in watches]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def _worker_count(settings: ServeSettings) -> int:
     from .core_budget import default_workers, resolve_count
     from .service import served_model_names
@@ -112,7 +99,7 @@ async def _serve_workers(settings: ServeSettings, count: int, supervisor: Triton
     from .transport.admin import admin_server
     from .transport.merged_metrics import MergedMetrics, SupervisorMetrics
     from .worker_rollouts import WorkerRollouts
-    from .workers import WorkerPool
+    from .workers import WorkerPool, first_failure
 
     pool = WorkerPool(settings, count)
     await pool.start()
@@ -146,7 +133,7 @@ async def _serve_workers(settings: ServeSettings, count: int, supervisor: Triton
         watches = [pool.run(on_restart=counters.worker_restarts.inc)]
         if supervisor is not None:
             watches.append(supervisor.run(on_restart=counters.triton_restarts.inc))
-        await _wait_for_signal(_first_failure(*watches))
+        await _wait_for_signal(first_failure(*watches))
     finally:
         if admin is not None:
             await admin.stop(0)  # no rollout starts while draining

@@ -27,8 +27,9 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from .backend.triton_process import describe_exit, dying_with_launcher
 from .backend.triton_supervisor import RestartPolicy
@@ -40,6 +41,19 @@ WORKER_ENV = "SENTIMENT_WORKER"  # the worker's number, for its log lines
 _SERVING = re.compile(r"serving on \S+:(\d+)")
 _ADMIN = re.compile(r"admin \(rollout, rollback\) on 127\.0\.0\.1:(\d+)")
 _METRICS = re.compile(r"metrics on \S+:(\d+)")
+
+
+async def first_failure(*watches: Coroutine[Any, Any, None]) -> None:
+    """Run the watches together until cancelled; the first one to fail ends them all with its exception."""
+    tasks = [asyncio.ensure_future(w) for w in watches]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class WorkersGaveUp(RuntimeError):
@@ -182,15 +196,7 @@ class WorkerPool:
 
     async def run(self, on_restart: Callable[[], None] = lambda: None) -> None:
         """Watch until cancelled; raises WorkersGaveUp once the crash budget is spent."""
-        watchers = [asyncio.ensure_future(self._keep(w, on_restart)) for w in self.workers]
-        try:
-            done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+        await first_failure(*(self._keep(w, on_restart) for w in self.workers))
 
     async def _keep(self, worker: Worker, on_restart: Callable[[], None]) -> None:
         while True:
