@@ -11,6 +11,9 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+BF16_HARDWARE = frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})  # CPU flags of bf16 instructions
+
+
 def cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,7 +41,7 @@ def describe() -> dict[str, object]:
     info: dict[str, object] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "bf16_hardware": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
+        "bf16_hardware": sorted(flags & BF16_HARDWARE),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

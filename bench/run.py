@@ -391,6 +391,10 @@ def measure_all(
     for other in plan.other_dtypes:
         if other == dtype:
             continue
+        if other == "bf16" and not machine.cpu_flags() & machine.BF16_HARDWARE:
+            # Emulated bf16 runs several times slower than fp32: its rows would only time out.
+            log.info("no bf16 rows: this CPU has no bf16 instructions (%s)", ", ".join(sorted(machine.BF16_HARDWARE)))
+            continue
         other_repo = models.export(other, export_args)
         for w in workloads:
             log.info("%s: limit (%s) at the %s best batch size", w.name, other, dtype)
