@@ -101,7 +101,7 @@ class Plan:
 # lengths); no pipeline row (it would cut each text at 512 tokens); c1_seconds: its service_unary c1 window.
 QUICK = Plan(
     name="quick",
-    limit_batches={"short": (32, 64), "mixed": (4,), "long": (1, 4)},
+    limit_batches={"short": (32, 64), "mixed": (1, 4), "long": (1, 4)},
     limit_sample={"short": 256, "mixed": 64, "long": 16},
     pipeline_batches={"short": (32,), "mixed": (1,)},
     pipeline_sample={"short": 128, "mixed": 24},
@@ -117,7 +117,7 @@ QUICK = Plan(
 )
 FULL = Plan(
     name="full",
-    limit_batches={"short": (16, 32, 64, 128), "mixed": (2, 4, 8, 16), "long": (1, 2, 4, 8)},
+    limit_batches={"short": (16, 32, 64, 128), "mixed": (1, 2, 4, 8, 16), "long": (1, 2, 4, 8)},
     limit_sample={"short": 512, "mixed": 96, "long": 32},
     pipeline_batches={"short": (8, 32, 64), "mixed": (1, 4, 8)},
     pipeline_sample={"short": 256, "mixed": 48},
