@@ -116,6 +116,7 @@ class Worker:
 
     async def start(self, timeout_s: float) -> None:
         """Start the process and wait until it serves (it printed its ports)."""
+        self.admin_port = self.metrics_port = -1  # a restarted worker has new ones
         self.process = await asyncio.create_subprocess_exec(
             *dying_with_launcher([sys.executable, "-m", "sentiment_server.cli", "serve"]),
             stdin=asyncio.subprocess.DEVNULL,
@@ -142,7 +143,7 @@ class Worker:
             if not line:
                 code = await self.process.wait()
                 raise RuntimeError(f"worker {self.number} exited with {describe_exit(code)} before serving")
-            if match := _SERVING.search(line):
+            if _SERVING.search(line):
                 serving = True
             elif match := _ADMIN.search(line):
                 self.admin_port = int(match.group(1))
