@@ -95,7 +95,7 @@ async def _serve_workers(settings: ServeSettings, count: int, supervisor: Triton
     """`count` front-end processes on one port until a signal; this process supervises them (and Triton)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from .service import TritonVersions, served_model_names
+    from .service import TritonVersions, default_model, served_model_names
     from .transport.admin import admin_server
     from .transport.merged_metrics import MergedMetrics, SupervisorMetrics
     from .worker_rollouts import WorkerRollouts
@@ -119,9 +119,12 @@ async def _serve_workers(settings: ServeSettings, count: int, supervisor: Triton
             names = served_model_names(settings)
             if settings.triton_model_control:
                 versions = TritonVersions(settings, supervisor.expecting_stub_exits if supervisor else nullcontext)
-            default = settings.model_name if settings.model_name in names else names[0]
             switch = WorkerRollouts(
-                lambda: [w.admin_port for w in pool.workers], names, default, versions, settings.api_key
+                lambda: [w.admin_port for w in pool.workers],
+                names,
+                default_model(settings, names),
+                versions,
+                settings.api_key,
             )
             admin, admin_port = admin_server(switch, settings.admin_port, settings.api_key)
             await admin.start()

@@ -73,6 +73,11 @@ def served_model_names(settings: ServeSettings) -> list[str]:
     return chosen
 
 
+def default_model(settings: ServeSettings, names: list[str]) -> str:
+    """The model for calls that name none: --model-name when it is served, else the first served."""
+    return settings.model_name if settings.model_name in names else names[0]
+
+
 class TritonVersions:
     """Versions from the model repository, made ready in Triton.
 
@@ -196,7 +201,7 @@ async def start_front_end(
 ) -> FrontEnd:
     """Read the models, wait for Triton to serve each, then start the front-end on them."""
     names = served_model_names(settings)
-    default = settings.model_name if settings.model_name in names else names[0]
+    default = default_model(settings, names)
     versions: list[tuple[ServedModel, InferenceBackend]] = []
     source = TritonVersions(settings, model_changes)
     try:

@@ -20,9 +20,9 @@ import grpc
 from sentiment.v1 import admin_pb2, admin_pb2_grpc
 
 from .core.rollout import Switched
-from .core.served_models import VersionHistory
+from .core.served_models import VersionHistory, not_served
 from .errors import InvalidInput, ModelNotFound, RolloutRefused, ServiceError
-from .model_artifact import model_name_problem, serving_versions
+from .model_artifact import serving_versions
 from .service import TritonVersions
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,9 @@ class WorkerRollouts:
 
     def _name(self, requested: str) -> str:
         name = requested or self._default
-        if name in self._models:
-            return name
-        problem = model_name_problem(name)
-        if problem is not None:
-            raise InvalidInput(problem)
-        raise ModelNotFound(f"no model named {name!r}; this service serves {', '.join(sorted(self._models))}")
+        if name not in self._models:
+            raise not_served(name, self._models)
+        return name
 
     async def rollout(self, name: str, version: str = "", allow_label_change: bool = False) -> Switched:
         name = self._name(name)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..errors import InvalidInput, ModelNotFound
+from ..errors import InvalidInput, ModelNotFound, ServiceError
 from ..model_artifact import ModelInfo, model_name_problem
 from .inference import InferenceBackend, ServedModel
 from .pipeline import ClassificationPipeline
@@ -60,6 +60,14 @@ class ServedVersion:
         await self.backend.close()
 
 
+def not_served(name: str, served: Iterable[str]) -> ServiceError:
+    """The refusal for a model name this service does not serve: a malformed name, or an unknown one."""
+    problem = model_name_problem(name)
+    if problem is not None:
+        return InvalidInput(problem)
+    return ModelNotFound(f"no model named {name!r}; this service serves {', '.join(sorted(served))}")
+
+
 class VersionHistory:
     """Per model, the versions switched away from, oldest first: what a rollback goes back to."""
 
@@ -93,12 +101,9 @@ class ServedModels:
     def get(self, name: str) -> ServedVersion:
         """The version answering `name` now ("" = the default model); INVALID_ARGUMENT or NOT_FOUND otherwise."""
         served = self._current.get(name or self.default)
-        if served is not None:
-            return served
-        problem = model_name_problem(name)
-        if problem is not None:
-            raise InvalidInput(problem)
-        raise ModelNotFound(f"no model named {name!r}; this service serves {', '.join(sorted(self._current))}")
+        if served is None:
+            raise not_served(name, self._current)
+        return served
 
     def current(self) -> list[ServedVersion]:
         """Every model's current version, by name."""

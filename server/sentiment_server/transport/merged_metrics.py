@@ -5,8 +5,8 @@ multiprocess files) and serves it on a private loopback port; the parent's
 collector reads them all at scrape time and adds up samples with the same
 name and labels, so a dashboard sees one service. Counters of a worker that
 was restarted start again from zero, which Prometheus reads as a counter
-reset, as for any restarted process. `_created` samples are left out: a sum
-of timestamps means nothing.
+reset, as for any restarted process. The `_created` families are left out: a
+sum of timestamps means nothing.
 """
 
 from __future__ import annotations
@@ -65,8 +65,6 @@ class MergedMetrics(Collector):
                     totals[family.name] = {}
                 samples = totals[family.name]
                 for sample in family.samples:
-                    if sample.name.endswith("_created"):
-                        continue
                     key = (sample.name, tuple(sample.labels.items()))
                     samples[key] = samples.get(key, 0.0) + sample.value
         for name, merged in families.items():
