@@ -61,7 +61,7 @@ def _pick(results: dict[int, Measurement], padding: dict[int, float] | None = No
     return Best(size, results[size], tried, padding[size] if padding else None)
 
 
-def limit_layouts(model_pt: Path) -> list[Layout]:
+def limit_layouts() -> list[Layout]:
     """Every P x T over the usable cores on a CPU; on a GPU one process (more would share the one device)."""
     import torch
 
@@ -78,7 +78,7 @@ def _search(model_pt: Path, jobs: dict[int, Job], clean: Clean, what: str, candi
     bound of what it measured. The cost is a few more measurements.
     """
     results: dict[tuple[Layout, int], Measurement] = {}
-    for layout in candidates or limit_layouts(model_pt):
+    for layout in candidates or limit_layouts():
         with place(model_pt, layout) as where:
             for size, job in jobs.items():
                 where.prepare(job)

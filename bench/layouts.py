@@ -168,6 +168,15 @@ def runner(model: Any, device: Any, job: Job, mine: Sequence[int]) -> tuple[Call
     return run_windows, list(warm.values())
 
 
+def warmed(model: Any, device: Any, job: Job, mine: Sequence[int]) -> Callable[[int], int]:
+    """`runner`'s run, once its warm-up batches ran untimed (first calls pay for kernel set-up)."""
+    run, warm = runner(model, device, job, mine)
+    with inference():
+        for i in warm:
+            run(i)
+    return run
+
+
 def _timed(run: Callable[[int], int], batches: int, min_s: float) -> Measurement:
     if not batches:  # more processes than batches: this one has nothing to do
         return Measurement()
@@ -205,10 +214,7 @@ class Local:
 
     def prepare(self, job: Job) -> None:
         self.job = job
-        self.run, warm = runner(self.model, self.device, job, range(job.batches))
-        with inference():
-            for i in warm:  # first calls pay for kernel set-up
-                self.run(i)
+        self.run = warmed(self.model, self.device, job, range(job.batches))
 
     def go(self) -> Measurement:
         return _timed(self.run, self.job.batches, self.job.min_s)
@@ -234,11 +240,7 @@ def _serve(model_pt: str, threads: int, conn: multiprocessing.connection.Connect
             kind, payload = message
             if kind == "prepare":
                 job, mine = payload
-                run, warm = runner(model, device, job, mine)
-                with inference():
-                    for i in warm:
-                        run(i)
-                prepared = (job, mine, run)
+                prepared = (job, mine, warmed(model, device, job, mine))
                 conn.send(("ready", None))
             elif kind == "go":
                 assert prepared is not None
