@@ -15,24 +15,12 @@ from conftest import Service, start_service
 from loadgen import Call, classify_once
 from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
+from sentiment_server.backend.triton_process import child_pids
 
 pytestmark = pytest.mark.triton
 
 DEADLINE_S = 5.0
 RECONNECTED_S = 4.0  # gRPC's first reconnect backoff (1 s, jitter 20 %) twice over, and then some
-
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
 
 
 def connections_to(pid: int, port: int) -> int:
@@ -84,7 +72,7 @@ def start_workers(model_repository: Path, triton: object, tmp_path: Path, *extra
 
 def wait_for_workers(parent: int, count: int, timeout_s: float = 60) -> set[int]:
     until = time.monotonic() + timeout_s
-    while len(pids := children(parent)) != count:
+    while len(pids := child_pids(parent)) != count:
         assert time.monotonic() < until, pids
         time.sleep(0.1)
     return pids
@@ -136,7 +124,7 @@ def test_workers_share_the_port_and_each_serves(model_repository: Path, triton: 
         assert metric(metrics_url, 'sentiment_requests_total{code="OK",method="Classify"') == 16
     finally:
         assert service.stop() == 0
-    assert not children(service.process.pid)
+    assert not child_pids(service.process.pid)
 
 
 def test_killed_worker_is_replaced_and_the_other_keeps_answering(
