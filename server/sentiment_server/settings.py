@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .core.batch_costs import PLANNING_OVERHEAD_TOKENS
 from .model_artifact import BACKENDS, DTYPES
 
 ENV_PREFIX = "SENTIMENT_"
@@ -89,8 +88,10 @@ class ServeSettings(ModelSettings):
     max_batch_tokens: int = _opt(8192, "most padded tokens in one Triton batch")
     max_wait_ms: float = _opt(5.0, "longest a batch waits to fill while another batch is running")
     max_concurrent_batches: int = _opt(2, "Triton batches in flight per endpoint (match the model's instance count)")
-    batch_overhead_tokens: int = _opt(
-        PLANNING_OVERHEAD_TOKENS, "a Triton pass's fixed cost in padded tokens, for planning batches (GPU: thousands)"
+    batch_overhead_tokens: str = _opt(
+        "auto",
+        "a Triton pass's fixed cost in padded tokens, for planning batches: a number, or auto "
+        "(learned from the batches' times; at least the model's own)",
     )
     result_cache_entries: int = _opt(0, "texts whose logits are kept to answer repeats without Triton (0 = off)")
     # Admission and per-request limits, checked before tokenizing.

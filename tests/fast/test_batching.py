@@ -330,3 +330,65 @@ async def test_a_lone_callers_batch_runs_in_its_own_task_and_frees_the_slot_when
     result = await asyncio.wait_for(c.submit([seq(3)], far()), 1)  # the only slot is free again
     assert np.shape(result.logits) == (1, 2)
     await c.stop()
+
+
+# --------------------------------------------------------------------------- learning what a pass costs
+
+
+def _learned(floor, ceiling, seconds_for, sizes):
+    from sentiment_server.core.batch_costs import PassCostModel
+
+    model = PassCostModel(floor, ceiling)
+    for tokens in sizes:
+        model.observe(tokens, seconds_for(tokens))
+    return model.overhead_tokens
+
+
+SIZES = [64 * (1 + i % 16) for i in range(256)]  # batches of 64 to 1,024 padded tokens
+
+
+def test_the_learned_overhead_is_the_passes_fixed_time_over_a_tokens_time():
+    # 50 ms a pass and 0.5 ms a token (a CPU): a pass costs as much as 100 tokens.
+    assert _learned(12, 8192, lambda t: 0.05 + 0.0005 * t, SIZES) == 100
+    # The fit follows the recent batches: the same model after the host got twice as slow per token.
+    assert _learned(12, 8192, lambda t: 0.05 + 0.001 * t, SIZES) == 50
+
+
+def test_tokens_that_cost_nothing_make_every_take_one_batch_and_a_cheap_pass_keeps_the_floor():
+    # A GPU or a tiny model: the time hardly moves with the tokens (or falls, in the noise).
+    assert _learned(12, 8192, lambda t: 0.002 + 1e-9 * t, SIZES) == 8192
+    assert _learned(12, 8192, lambda t: 0.002 - 1e-9 * t, SIZES) == 8192
+    # A pass cheaper than the model's own overhead (a noisy intercept near 0): never below the floor.
+    assert _learned(12, 8192, lambda t: 0.0001 + 0.001 * t, SIZES) == 12
+
+
+def test_batches_all_of_one_size_teach_nothing():
+    assert _learned(12, 8192, lambda t: 0.002, [640] * 256) == 12
+    assert _learned(12, 8192, lambda t: 0.05 + 0.0005 * t, SIZES[:16]) == 12  # too few batches yet
+
+
+async def test_a_coalescer_that_learns_stops_cutting_takes_when_passes_cost_the_same_whatever_their_size():
+    stats: list[BatchStats] = []
+    infer = RecordingInfer(delay=0.002)  # every pass takes the same time, whatever it carries
+    c = Coalescer(
+        infer,
+        pad_token_id=0,
+        max_batch_texts=64,
+        max_batch_tokens=10_000,
+        batch_overhead_tokens=None,
+        on_batch=stats.append,
+    )
+    c.start()
+    mixed = [seq(*range(1, n + 1)) for n in (2, 40, 3, 80, 5, 120)]
+    assert c.overhead_tokens == 12
+    first = await c.submit(mixed, far())
+    assert len(infer.calls) > 1  # the model's own overhead: short and long texts apart
+    # Batches of different sizes, each as slow as the others: the planner learns that tokens are free.
+    for n in range(1, 81):
+        await c.submit([seq(*range(1, 1 + n % 40 + 1))] * (1 + n % 8), far())
+    assert c.overhead_tokens == 10_000
+    infer.calls.clear()
+    again = await c.submit(mixed, far())
+    await c.stop()
+    assert infer.calls == [(6, 120)]  # one pass, padding and all
+    assert again.logits == first.logits

@@ -41,3 +41,14 @@ def test_pick_narrows_wider_settings():
     up = parse(["up", "--port", "0", "--dtype", "bf16"], UpSettings, {})
     serve = pick(ServeSettings, up)
     assert isinstance(serve, ServeSettings) and serve.port == 0
+
+
+def test_the_planning_overhead_is_learned_unless_a_number_is_set():
+    from sentiment_server.transport.server import planning_overhead
+
+    assert ServeSettings().batch_overhead_tokens == "auto"
+    assert planning_overhead("auto") is None
+    assert planning_overhead(" AUTO ") is None
+    assert planning_overhead("4000") == 4000
+    with pytest.raises(ValueError, match="--batch-overhead-tokens must be a number or 'auto'"):
+        planning_overhead("lots")

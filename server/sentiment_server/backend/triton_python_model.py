@@ -43,6 +43,9 @@ def plan_groups(lengths, max_texts, max_tokens, overhead_tokens):
     from sentiment_server); tests check that the two agree.
     """
     count = len(lengths)
+    one_group = count * lengths[-1] if count else 0
+    if 0 < count <= max_texts and one_group <= max_tokens and one_group - sum(lengths) <= overhead_tokens:
+        return [count]  # a further group would cost an overhead and save at most this padding
     best = [0.0] + [float("inf")] * count
     cut = [0] * (count + 1)
     for j in range(1, count + 1):

@@ -15,3 +15,51 @@ PLANNING_OVERHEAD_TOKENS = 12
 # Queued tokens, per overhead token, that make waiting for company pointless:
 # such a pass spends about a tenth of its time on the overhead.
 FILL_TOKENS_PER_OVERHEAD = 8
+
+
+class PassCostModel:
+    """The planning overhead learned from the batches' own times, for when no figure is set.
+
+    Each batch is a point (padded tokens, seconds from send to answer). A
+    least-squares line through the recent points (older ones fade) gives
+    `seconds = fixed + per_token * tokens`, and the overhead in tokens is
+    fixed / per_token. What is fixed per batch is not only the model's launch:
+    the round trip to Triton, its scheduling and the front-end's own work per
+    batch count too. With a GPU or a tiny model a token costs next to nothing
+    against those, the overhead grows and a take stays one batch; on a CPU a
+    token's compute dominates and padding is worth cutting. The figure never
+    drops below `floor` (the model's own overhead) nor rises above `ceiling`.
+    """
+
+    REFIT_EVERY = 16  # batches between fits
+    MIN_WEIGHT = 32.0  # points (faded) before the first fit
+    MIN_SPREAD = 0.05  # batches' sizes must differ by this share of their mean to show a slope
+
+    def __init__(self, floor: int, ceiling: int, memory: int = 256) -> None:
+        self.overhead_tokens = floor
+        self._floor, self._ceiling = floor, max(floor, ceiling)
+        self._keep = 1.0 - 1.0 / memory
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self._seen = 0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        keep = self._keep
+        self._w = self._w * keep + 1.0
+        self._x = self._x * keep + tokens
+        self._y = self._y * keep + seconds
+        self._xx = self._xx * keep + tokens * tokens
+        self._xy = self._xy * keep + tokens * seconds
+        self._seen += 1
+        if self._seen % self.REFIT_EVERY == 0 and self._w >= self.MIN_WEIGHT:
+            self._fit()
+
+    def _fit(self) -> None:
+        mean_x, mean_y = self._x / self._w, self._y / self._w
+        spread = self._xx / self._w - mean_x * mean_x
+        if spread <= (self.MIN_SPREAD * mean_x) ** 2:
+            return  # batches all of one size: the line cannot be told
+        per_token = (self._xy / self._w - mean_x * mean_y) / spread
+        fixed = mean_y - per_token * mean_x
+        # per_token <= 0: tokens are free next to the pass
+        overhead = float(self._ceiling) if per_token <= 0 else fixed / per_token
+        self.overhead_tokens = round(min(self._ceiling, max(self._floor, overhead)))

@@ -15,6 +15,9 @@ def plan_groups(lengths: Sequence[int], *, max_texts: int, max_tokens: int, over
     programming over the cut points: O(len(lengths) * max_texts).
     """
     count = len(lengths)
+    one_group = count * lengths[-1] if count else 0
+    if 0 < count <= max_texts and one_group <= max_tokens and one_group - sum(lengths) <= overhead_tokens:
+        return [count]  # a further group would cost an overhead and save at most this padding
     best = [0.0] + [float("inf")] * count  # best[j]: cheapest cost of the first j texts
     cut = [0] * (count + 1)
     for j in range(1, count + 1):

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DeadlineExceeded, ShuttingDown, TritonFailure
-from .batch_costs import FILL_TOKENS_PER_OVERHEAD, PLANNING_OVERHEAD_TOKENS
+from .batch_costs import FILL_TOKENS_PER_OVERHEAD, PLANNING_OVERHEAD_TOKENS, PassCostModel
 from .batch_planning import BatchStats, plan_groups
 from .inference import Logits
 from .tokenization import IdArray, pad_batch, pad_type_ids
@@ -80,6 +80,7 @@ class _Batch:
         )
         self.deadline = max(t.deadline for t in texts)
         self.started = 0.0
+        self.took = 0.0  # seconds from send to answer
 
     def cancel_when_abandoned(self, task: asyncio.Task[None]) -> None:
         """Cancel `task` (and so its Triton call) once every caller has gone."""
@@ -92,7 +93,7 @@ class _Batch:
             text.future.add_done_callback(check)
 
     def answer(self, logits: Logits) -> None:
-        took = time.monotonic() - self.started
+        self.took = took = time.monotonic() - self.started
         # Plain Python rows: what is left per text is a few numbers, cheaper without NumPy.
         for row, text in zip(logits.tolist(), self.texts, strict=True):
             if not text.future.done():
@@ -118,17 +119,21 @@ class Coalescer:
         max_batch_tokens: int,
         max_wait_s: float = 0.0,
         max_concurrent_batches: int = 2,
-        batch_overhead_tokens: int = PLANNING_OVERHEAD_TOKENS,
+        batch_overhead_tokens: int | None = PLANNING_OVERHEAD_TOKENS,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
+        """`batch_overhead_tokens`: a pass's fixed cost in padded tokens, for planning; None: learned
+        from the batches' times, starting from the model's own (PassCostModel)."""
         self._infer = infer
         self._pad = pad_token_id
         self._max_texts = max(1, max_batch_texts)
         self._max_tokens = max(1, max_batch_tokens)
         self._max_wait = max(0.0, max_wait_s)
         self._slots = asyncio.Semaphore(max(1, max_concurrent_batches))
-        self._overhead = max(0, batch_overhead_tokens)
-        self._enough_tokens = FILL_TOKENS_PER_OVERHEAD * max(1, self._overhead)
+        self._costs = (
+            PassCostModel(PLANNING_OVERHEAD_TOKENS, self._max_tokens) if batch_overhead_tokens is None else None
+        )
+        self._fixed_overhead = max(0, batch_overhead_tokens or 0)
         self._on_batch = on_batch
         self._queue: deque[_Queued] = deque()
         self._wakeup = asyncio.Event()
@@ -140,6 +145,11 @@ class Coalescer:
     @property
     def queued_texts(self) -> int:
         return len(self._queue)
+
+    @property
+    def overhead_tokens(self) -> int:
+        """The planning overhead now: the set figure, or the learned one."""
+        return self._fixed_overhead if self._costs is None else self._costs.overhead_tokens
 
     def start(self) -> None:
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="coalescer")
@@ -227,10 +237,11 @@ class Coalescer:
         """A pass's worth of texts or tokens is queued: waiting for more is pointless."""
         if len(self._queue) >= self._max_texts:
             return True
+        enough = FILL_TOKENS_PER_OVERHEAD * max(1, self.overhead_tokens)
         total = 0
         for text in self._queue:
             total += len(text.ids)
-            if total >= self._enough_tokens:
+            if total >= enough:
                 return True
         return False
 
@@ -284,7 +295,7 @@ class Coalescer:
             [len(text.ids) for text in by_length],
             max_texts=self._max_texts,
             max_tokens=self._max_tokens,
-            overhead_tokens=self._overhead,
+            overhead_tokens=self.overhead_tokens,
         )
         start = 0
         for size in sizes:
@@ -317,7 +328,8 @@ class Coalescer:
             if next_batch is not None:
                 self._launch(next_batch)
             batch.answer(logits)
-            if self._on_batch is not None:  # after the replies are on their way: not on any caller's path
+            if self._on_batch is not None or self._costs is not None:
+                # After the replies are on their way: not on any caller's path.
                 asyncio.get_running_loop().call_soon(self._record, batch)
         except Exception as exc:  # every waiting caller gets the batch's error
             batch.fail(exc)
@@ -330,8 +342,11 @@ class Coalescer:
             await asyncio.sleep(0)  # the next batch goes out before this task's caller carries on
 
     def _record(self, batch: _Batch) -> None:
-        assert self._on_batch is not None
-        self._on_batch(batch.stats())
+        stats = batch.stats()
+        if self._costs is not None:
+            self._costs.observe(stats.padded_tokens, batch.took)
+        if self._on_batch is not None:
+            self._on_batch(stats)
 
     def _next_on_slot(self) -> _Batch | None:
         """The batch to start on the slot a returning batch frees; None: release the slot instead.

@@ -27,6 +27,7 @@ from ..core.pipeline import ClassificationPipeline, Limits
 from ..core.result_cache import ResultCache
 from ..core.rollout import Rollouts, VersionSource
 from ..core.served_models import ServedModels, ServedVersion
+from ..core_budget import AUTO, resolve_count
 from ..settings import ServeSettings
 from .admin import admin_server
 from .admission import Admission
@@ -92,6 +93,11 @@ class FrontEnd:
             self.metrics_http.shutdown()
 
 
+def planning_overhead(value: str) -> int | None:
+    """--batch-overhead-tokens as the coalescer takes it: None for auto (learned from the batches)."""
+    return None if value.strip().lower() == AUTO else resolve_count(value, 0, "--batch-overhead-tokens")
+
+
 @dataclass(frozen=True)
 class VersionBuilder:
     """A model version's request path: its own coalescer (batches never mix versions) and pipeline."""
@@ -108,7 +114,7 @@ class VersionBuilder:
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_concurrent_batches=settings.max_concurrent_batches * backend.replicas,
-            batch_overhead_tokens=settings.batch_overhead_tokens,
+            batch_overhead_tokens=planning_overhead(settings.batch_overhead_tokens),
             on_batch=self.metrics.observe_batch,
         )
         coalescer.start()
