@@ -45,6 +45,7 @@ class FakeBackend:
     """
 
     replicas = 1
+    instances = 2
 
     def __init__(self, num_labels: int = len(LABELS)) -> None:
         self.num_labels = num_labels

@@ -87,7 +87,9 @@ class ServeSettings(ModelSettings):
     max_batch_texts: int = _opt(64, "most texts in one Triton batch")
     max_batch_tokens: int = _opt(8192, "most padded tokens in one Triton batch")
     max_wait_ms: float = _opt(5.0, "longest a batch waits to fill while another batch is running")
-    max_concurrent_batches: int = _opt(2, "Triton batches in flight per endpoint (match the model's instance count)")
+    max_concurrent_batches: str = _opt(
+        "auto", "Triton batches in flight: a number per endpoint, or auto (one per model instance Triton reports)"
+    )
     batch_overhead_tokens: str = _opt(
         "auto",
         "a Triton pass's fixed cost in padded tokens, for planning batches: a number, or auto "

@@ -18,7 +18,7 @@ from sentiment_server.model_artifact import (
     TOKEN_TYPE_IDS,
     ModelInfo,
 )
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 
 PAIR_INPUTS = [*BASE_INPUTS, TOKEN_TYPE_IDS]
 INFO = ModelInfo("m", "src", ["a", "b"], "single_label_classification", 16, 0, "python", "fp32", "fp")
@@ -42,6 +42,13 @@ class FakeStub:
             inputs=[tensor(name=name, datatype="INT64", shape=[-1, -1]) for name in self.inputs],
             outputs=[tensor(name=LOGITS, datatype="FP32", shape=[-1, 2])],
         )
+
+    async def ModelConfig(self, request: Any, timeout: float) -> Any:
+        """Two CPU instances, and one per GPU on two GPUs (Triton lists a GPU group's devices once loaded)."""
+        config = model_config_pb2.ModelConfig(name=request.name)
+        config.instance_group.add(count=2, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+        config.instance_group.add(count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, gpus=[0, 1])
+        return service_pb2.ModelConfigResponse(config=config)
 
     async def ModelInfer(self, request: Any, metadata: Any = (), timeout: float | None = None) -> Any:
         self.requests.append(request)
@@ -115,3 +122,19 @@ async def test_the_probe_sends_what_the_model_takes(info: ModelInfo) -> None:
     assert [t.name for t in request.inputs] == info.inputs
     assert all(a.shape == (1, 1) for a in sent(request).values())
     await e.close()
+
+
+async def test_the_checked_model_reports_its_instances_and_auto_keeps_one_batch_in_flight_on_each() -> None:
+    from sentiment_server.backend.triton_pool import TritonPool
+    from sentiment_server.transport.server import batches_in_flight
+
+    e, _ = endpoint(list(BASE_INPUTS))
+    await e.check_model(INFO)
+    assert e.instances == 4
+    pool = TritonPool([e])
+    e.ready = True
+    await pool.check_model(INFO)
+    assert batches_in_flight("auto", pool) == 4
+    assert batches_in_flight("3", pool) == 3  # a number: that many per endpoint
+    with pytest.raises(ValueError, match="--max-concurrent-batches must be a number or 'auto'"):
+        batches_in_flight("many", pool)

@@ -81,6 +81,7 @@ class TritonEndpoint:
     streams: bool = True  # False: every batch is a unary call
     ready: bool = False
     in_flight: int = 0
+    instances: int = 1  # the model's instances in this Triton, read by check_model
     # Set after repeated data-path failures: the endpoint counts as ready again only once an inference works.
     needs_probe: bool = False
     _failures: int = field(default=0, init=False, repr=False)  # consecutive failed batches
@@ -136,7 +137,16 @@ class TritonEndpoint:
                 f"expected FP32 with {len(info.labels)} labels ({', '.join(info.labels)})"
             )
         self._token_type_ids = info.takes_token_type_ids
+        self.instances = await self._instance_count(timeout_s)
         return str(out.name)
+
+    async def _instance_count(self, timeout_s: float) -> int:
+        request = service_pb2.ModelConfigRequest(name=self.model_name, version=self.model_version)
+        try:
+            config = (await self._stub.ModelConfig(request, timeout=timeout_s)).config
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc) from exc
+        return model_instances(config)
 
     def _request(
         self,
@@ -242,6 +252,11 @@ class TritonEndpoint:
     async def close(self) -> None:
         self._close_streams()
         await self._channel.close()
+
+
+def model_instances(config: Any) -> int:
+    """Instances in a loaded model's config: each group's count, per GPU for a GPU group (Triton lists them)."""
+    return max(1, sum(int(group.count) * max(1, len(group.gpus)) for group in config.instance_group))
 
 
 def _logits(response: Any, output_name: str, rows: int) -> npt.NDArray[np.float32]:

@@ -45,6 +45,11 @@ class TritonPool:
         return len(self.endpoints)
 
     @property
+    def instances(self) -> int:
+        """As many per endpoint as the checked ones report (they serve one model, so one config)."""
+        return max((e.instances for e in self._checked), default=1) * self.replicas
+
+    @property
     def any_ready(self) -> bool:
         return any(e.ready for e in self.endpoints)
 

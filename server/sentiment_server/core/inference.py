@@ -27,6 +27,11 @@ class InferenceBackend(Protocol):
         """Independent servers behind it: the coalescer keeps batches in flight on each."""
         ...
 
+    @property
+    def instances(self) -> int:
+        """Model instances behind it, over every server: batches it runs at once."""
+        ...
+
     async def infer(
         self, input_ids: IdArray, attention_mask: IdArray, deadline: float, token_type_ids: IdArray | None = None
     ) -> Logits:

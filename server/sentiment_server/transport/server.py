@@ -98,6 +98,14 @@ def planning_overhead(value: str) -> int | None:
     return None if value.strip().lower() == AUTO else resolve_count(value, 0, "--batch-overhead-tokens")
 
 
+def batches_in_flight(value: str, backend: InferenceBackend) -> int:
+    """--max-concurrent-batches for one version's coalescer: auto, one per model instance behind `backend`
+    (each instance always has its next batch, and Triton's queue stays empty); a number, that many per server."""
+    if value.strip().lower() == AUTO:
+        return backend.instances
+    return max(1, resolve_count(value, 0, "--max-concurrent-batches")) * backend.replicas
+
+
 @dataclass(frozen=True)
 class VersionBuilder:
     """A model version's request path: its own coalescer (batches never mix versions) and pipeline."""
@@ -113,7 +121,7 @@ class VersionBuilder:
             max_batch_texts=settings.max_batch_texts,
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_s=settings.max_wait_ms / 1000.0,
-            max_concurrent_batches=settings.max_concurrent_batches * backend.replicas,
+            max_concurrent_batches=batches_in_flight(settings.max_concurrent_batches, backend),
             batch_overhead_tokens=planning_overhead(settings.batch_overhead_tokens),
             on_batch=self.metrics.observe_batch,
         )
