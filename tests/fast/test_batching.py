@@ -368,25 +368,18 @@ def test_batches_all_of_one_size_teach_nothing():
 
 
 async def test_a_coalescer_that_learns_stops_cutting_takes_when_passes_cost_the_same_whatever_their_size():
-    stats: list[BatchStats] = []
-    infer = RecordingInfer(delay=0.002)  # every pass takes the same time, whatever it carries
-    c = Coalescer(
-        infer,
-        pad_token_id=0,
-        max_batch_texts=64,
-        max_batch_tokens=10_000,
-        batch_overhead_tokens=None,
-        on_batch=stats.append,
-    )
+    infer = RecordingInfer(delay=0.02)  # every pass takes about as long, whatever it carries
+    c = Coalescer(infer, pad_token_id=0, max_batch_texts=64, max_batch_tokens=10_000, batch_overhead_tokens=None)
     c.start()
-    mixed = [seq(*range(1, n + 1)) for n in (2, 40, 3, 80, 5, 120)]
+    mixed = [seq(*range(1, n + 1)) for n in (2, 40, 3, 80, 5, 120)]  # as one batch: 470 padded tokens
     assert c.overhead_tokens == 12
     first = await c.submit(mixed, far())
     assert len(infer.calls) > 1  # the model's own overhead: short and long texts apart
     # Batches of different sizes, each as slow as the others: the planner learns that tokens are free.
-    for n in range(1, 81):
+    for n in range(48):
         await c.submit([seq(*range(1, 1 + n % 40 + 1))] * (1 + n % 8), far())
-    assert c.overhead_tokens == 10_000
+    # Far above the take's padding (the fake's own work per token, on a busy machine, keeps it off the ceiling).
+    assert c.overhead_tokens > 2000
     infer.calls.clear()
     again = await c.submit(mixed, far())
     await c.stop()
