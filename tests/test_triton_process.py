@@ -19,7 +19,7 @@ import torch
 from numpy.typing import NDArray
 from sentiment_server import model_artifact as ma
 from sentiment_server.backend.triton_distribution import check_libpython, find_distribution, prepare_backend_dir
-from sentiment_server.backend.triton_process import EmbeddedTriton, TritonLaunchError, free_ports
+from sentiment_server.backend.triton_process import EmbeddedTriton, TritonLaunchError, free_ports, mimalloc_library
 from sentiment_server.tooling.checkpoints import build_tiny_checkpoint
 from sentiment_server.tooling.export import export_model
 
@@ -148,14 +148,19 @@ def test_the_environment_is_explicit(repository: Path, monkeypatch: pytest.Monke
     assert "PYTHONHOME" not in env
     assert any(p.endswith("nvidia_pytriton.libs") for p in env["LD_LIBRARY_PATH"].split(os.pathsep))
     assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"  # keeps the stubs' memory flat
-    assert (env["MALLOC_MMAP_THRESHOLD_"], env["MALLOC_TRIM_THRESHOLD_"]) == (str(32 << 20), str(1 << 30))
+    # mimalloc (the embedded extra) is preloaded and keeps what it maps.
+    mimalloc = mimalloc_library()
+    assert mimalloc is not None and mimalloc.is_file()
+    assert (env["LD_PRELOAD"], env["MIMALLOC_PURGE_DELAY"]) == (str(mimalloc), "-1")
+    assert "MALLOC_MMAP_THRESHOLD_" not in env
+    # The operator's settings win; an LD_PRELOAD of their own (even empty) leaves glibc with its settings.
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    monkeypatch.setenv("LD_PRELOAD", "")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     env = triton.environment(find_distribution())
-    assert (env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], env["MALLOC_MMAP_THRESHOLD_"]) == (
-        "64",
-        "1048576",
-    )  # the operator's
+    assert (env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], env["LD_PRELOAD"]) == ("64", "")
+    assert (env["MALLOC_MMAP_THRESHOLD_"], env["MALLOC_TRIM_THRESHOLD_"]) == ("1048576", str(1 << 30))
+    assert "MIMALLOC_PURGE_DELAY" not in env
 
 
 def test_a_backend_the_wheel_lacks_is_refused_before_starting(checkpoint: Path, tmp_path: Path) -> None:

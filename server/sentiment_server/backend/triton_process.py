@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.metadata
 import logging
 import os
 import re
@@ -67,11 +68,14 @@ DEFAULT_HOST = "127.0.0.1"
 _READY_POLL_S = 0.2
 
 ONEDNN_PRIMITIVE_CACHE_CAPACITY = "8"
-# glibc's mmap threshold follows the largest block freed, so the stubs' activations (a new shape with
-# almost every batch) move between mmap and the heap and their RSS wanders by tens of MB. A fixed
-# threshold above them and a heap that is never trimmed keep the high-water mark instead, and spare
-# re-faulting those pages on every batch. Pinning the threshold low instead (every activation mapped and
-# returned) keeps memory flat but costs a CPU model a third of its throughput: docs/operations.md.
+# The stubs' activations take a new shape with almost every batch. mimalloc (the `embedded` extra),
+# preloaded into Triton and its stubs, keeps each size class apart, so a stub's memory settles at its
+# high-water mark; never purging spares re-faulting those pages on every batch.
+MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "-1"}
+# Without it, glibc: its mmap threshold follows the largest block freed, so activations move between
+# mmap and the heap and RSS wanders by tens of MB. A fixed threshold above them and a heap never
+# trimmed keep the high-water mark instead, which still rises in steps as the heap fragments. Pinning
+# the threshold low (every activation mapped and returned) costs a CPU model a third of its throughput.
 MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 _SHM_PREFIX = "sentiment-"  # the Python backend's /dev/shm regions of every embedded Triton start with it
 
@@ -164,6 +168,19 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def mimalloc_library() -> Path | None:
+    """libmimalloc.so from the cmeel-mimalloc wheel, when it is installed."""
+    try:
+        dist = importlib.metadata.distribution("cmeel-mimalloc")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or ():
+        if file.name == "libmimalloc.so":
+            path = Path(str(dist.locate_file(file)))
+            return path if path.is_file() else None
+    return None
 
 
 class EmbeddedTriton:
@@ -294,7 +311,11 @@ class EmbeddedTriton:
         # almost every batch: with its default capacity the stubs' memory keeps growing
         # (bench/results/soak*.json). A small cache keeps it flat; an operator's own value wins.
         env.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_PRIMITIVE_CACHE_CAPACITY)
-        for name, value in MALLOC_SETTINGS.items():
+        mimalloc = mimalloc_library()
+        if mimalloc is not None and "LD_PRELOAD" not in env:  # an operator's LD_PRELOAD (even empty) wins
+            env["LD_PRELOAD"] = str(mimalloc)
+        allocator = MIMALLOC_SETTINGS if env.get("LD_PRELOAD") == str(mimalloc) else MALLOC_SETTINGS
+        for name, value in allocator.items():
             env.setdefault(name, value)
         env.update(self.extra_env)
         return env
