@@ -1,7 +1,8 @@
 """The in-process paths (no server): the model's own limit, and the seed's way.
 
 - `limit`: the exported TorchScript `model.pt` (the very file Triton runs),
-  called with ready-made tensors at each candidate batch size, in each layout
+  called with ready-made tensors at each candidate batch size and in the
+  batches the service's planner would cut (`planned_batches`), in each layout
   of P processes x T torch threads over the usable cores (bench/layouts.py:
   one process with every thread, one single-thread process per core as Triton
   runs its instances, and what lies between); texts sorted by length, so
@@ -28,11 +29,15 @@ from pathlib import Path
 from corpus import Workload
 from layouts import Job, Layout, layouts, place
 from load import Measurement, timed_batches
+from sentiment_server.core.batch_costs import BATCH_OVERHEAD_TOKENS
+from sentiment_server.core.batch_planning import plan_groups
 from sentiment_server.core_budget import usable_cores
 from sentiment_server.model_artifact import INFO_FILE, ModelInfo
+from sentiment_server.settings import ServeSettings
 from tokenizers import Tokenizer
 
 log = logging.getLogger("bench")
+PLANNED = 0  # the limit's candidate whose batches plan_groups cuts (the others: a fixed batch size)
 Clean = Callable[[Callable[[], Measurement]], Measurement]  # runs a measurement, again if it was disturbed
 
 
@@ -48,6 +53,7 @@ class Best:
     padding: float | None = None  # padded share of the tokens at the best batch size
     unsorted_per_s: float | None = None  # the best batch size on texts in corpus order
     # window_limit: the sample's windows per text, and the windows' size and stride in tokens
+    texts_per_batch: float | None = None  # the limit, when its planned batches won
     windows_per_text: float | None = None
     window: int | None = None
     stride: int | None = None
@@ -83,7 +89,7 @@ def _search(model_pt: Path, jobs: dict[int, Job], clean: Clean, what: str, candi
             for size, job in jobs.items():
                 where.prepare(job)
                 results[(layout, size)] = m = clean(where.go)
-                log.info("  limit %s, %s, batch %d: %.2f/s", what, layout, size, m.sentences_per_s)
+                log.info("  limit %s, %s, batch %s: %.2f/s", what, layout, size or "planned", m.sentences_per_s)
     layout, size = max(results, key=lambda k: results[k].sentences_per_s)
     by_layout: dict[str, dict[int, float]] = {}
     for (lay, b), m in results.items():
@@ -107,19 +113,38 @@ def limit(
     tok = Tokenizer.from_file(str(tokenizer_json))
     in_order = [e.ids for e in tok.encode_batch(list(workload.texts[:sample]))]
     encoded = sorted(in_order, key=len)
-    best = _search(
-        model_pt, {size: Job(encoded, size, min_s) for size in batch_sizes}, clean, workload.name, candidates
-    )
+    jobs = {size: Job(encoded, size, min_s) for size in batch_sizes}
+    jobs[PLANNED] = Job(encoded, 0, min_s, planned=planned_batches(encoded))
+    best = _search(model_pt, jobs, clean, workload.name, candidates)
+    if best.batch_size == PLANNED:
+        best.texts_per_batch = round(len(encoded) / jobs[PLANNED].batches, 1)
     if unsorted:
         assert best.layout is not None
         with place(model_pt, best.layout) as where:
-            where.prepare(Job(in_order, best.batch_size, min_s))
+            where.prepare(Job(in_order, best.batch_size or round(best.texts_per_batch or 1), min_s))
             best.unsorted_per_s = round(clean(where.go).sentences_per_s, 1)
         log.info(
             "  limit %s, %s, batch %d, corpus order: %.1f/s",
             workload.name, best.layout, best.batch_size, best.unsorted_per_s,
         )  # fmt: skip
     return best
+
+
+def planned_batches(encoded: list[list[int]]) -> tuple[int, ...]:
+    """Texts sorted by length cut as the service plans them: the front-end's batch limits, the model's overhead.
+
+    Besides fixed batch sizes, the limit tries these: the service's planner groups a queue's texts by
+    length into batches of any size, which a fixed size over the same texts cannot match.
+    """
+    defaults = ServeSettings()
+    return tuple(
+        plan_groups(
+            [len(ids) for ids in encoded],
+            max_texts=defaults.max_batch_texts,
+            max_tokens=defaults.max_batch_tokens,
+            overhead_tokens=BATCH_OVERHEAD_TOKENS,
+        )
+    )
 
 
 def window_limit(

@@ -70,6 +70,9 @@ def share(batches: int, procs: int, index: int) -> list[int]:
 class Job:
     """Batches of `size` cut in order from `encoded` (token ids), and how long to run them.
 
+    `planned` (texts sorted by length, no windows): batches of those sizes instead, e.g. as
+    plan_groups cuts them.
+
     Window jobs (`owners` set): `encoded` are the windows of several texts,
     `owners[i]` the text of window i and `weights[i]` its tokens; a batch
     counts the texts whose last window it holds (their answer is the
@@ -83,14 +86,21 @@ class Job:
     owners: list[int] | None = None
     weights: list[int] | None = None
     labels: int = 0
+    planned: tuple[int, ...] = ()
 
     @property
     def batches(self) -> int:
-        return -(-len(self.encoded) // self.size)
+        return len(self.planned) if self.planned else -(-len(self.encoded) // self.size)
+
+    def chunk(self, batch: int) -> list[list[int]]:
+        if not self.planned:
+            return self.encoded[batch * self.size : (batch + 1) * self.size]
+        start = sum(self.planned[:batch])
+        return self.encoded[start : start + self.planned[batch]]
 
     def padding(self) -> float:
         """The padded share of the tokens the model runs (batches pad to their longest text)."""
-        chunks = [self.encoded[s : s + self.size] for s in range(0, len(self.encoded), self.size)]
+        chunks = [self.chunk(b) for b in range(self.batches)]
         return 1 - sum(len(x) for x in self.encoded) / sum(len(c) * max(len(x) for x in c) for c in chunks)
 
 
@@ -125,8 +135,7 @@ def runner(model: Any, device: Any, job: Job, mine: Sequence[int]) -> tuple[Call
 
     tensors = []
     for g in mine:
-        chunk = job.encoded[g * job.size : (g + 1) * job.size]
-        padded, mask = pad_batch([np.asarray(seq, dtype=np.int64) for seq in chunk], 0)
+        padded, mask = pad_batch([np.asarray(seq, dtype=np.int64) for seq in job.chunk(g)], 0)
         tensors.append((torch.from_numpy(padded).to(device), torch.from_numpy(mask).to(device)))
 
     if job.owners is None:

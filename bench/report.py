@@ -139,7 +139,9 @@ def _note(row: Row) -> str:
     parts = []
     if "layout" in n:
         parts.append(n["layout"])
-    if "batch_size" in n:
+    if n.get("planned_texts_per_batch"):
+        parts.append(f"batches planned by length, {n['planned_texts_per_batch']:.1f} texts each on average")
+    elif "batch_size" in n:
         parts.append(f"batch {n['batch_size']}" + (" windows" if "windows_per_text" in n else ""))
     if "windows_per_text" in n:
         parts.append(f"{n['windows_per_text']:.1f} windows/text (window {n['window']}, stride {n['stride']})")

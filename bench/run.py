@@ -335,10 +335,11 @@ def limit_row(
         clean=clean,
     )
     padding = round(best.padding, 3) if best.padding is not None else None
+    planned = best.texts_per_batch  # the planner's batches won: texts per batch on average
     return Row.of(
-        "limit", workload.name, 1, best.batch_size, best.measurement, dtype, batch_size=best.batch_size,
-        **_layout_notes(best), padding=padding, unsorted_per_s=best.unsorted_per_s,
-        foreign_cpu=best.measurement.foreign_cpu,
+        "limit", workload.name, 1, round(planned) if planned else best.batch_size, best.measurement, dtype,
+        batch_size=best.batch_size, planned_texts_per_batch=planned, **_layout_notes(best), padding=padding,
+        unsorted_per_s=best.unsorted_per_s, foreign_cpu=best.measurement.foreign_cpu,
     )  # fmt: skip
 
 

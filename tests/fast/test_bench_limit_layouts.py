@@ -57,6 +57,19 @@ def test_job_batches_and_padding() -> None:
     assert job.padding() == pytest.approx(1 - 17 / 19)
 
 
+def test_a_planned_job_cuts_the_planners_sizes() -> None:
+    import inprocess
+
+    texts = [[1] * 2, [1] * 2, [1] * 3, [1] * 5, [1] * 5]
+    job = Job(texts, size=0, min_s=0.0, planned=(3, 2))
+    assert job.batches == 2
+    assert [len(job.chunk(b)) for b in range(2)] == [3, 2]
+    assert job.padding() == pytest.approx(1 - 17 / 19)  # pads to 3 and 5: 3*3 + 2*5 = 19 tokens run
+    # The limit's planned candidate: the service's planner on the same sorted texts.
+    short_and_long = [[1] * 10] * 4 + [[1] * 200] * 4
+    assert inprocess.planned_batches(short_and_long) == (4, 4)
+
+
 def _row(path: str, ratio: float, dtype: str = "int8") -> report.Row:
     return report.Row(path, "short", 64, 1, 100.0, 1.0, 2.0, 3.0, ratio_to_limit=ratio, dtype=dtype)
 
