@@ -10,9 +10,10 @@ third of the run it reports the band (max - min), the least-squares slope and
 the calls made. The settings: glibc's default (its mmap threshold grows with
 the largest block freed, so large tensors come from the heap and stay there)
 fixed `MALLOC_MMAP_THRESHOLD_` values (larger blocks always go to mmap
-and back to the kernel when freed), and "heap kept": blocks up to 32 MiB from
+and back to the kernel when freed), "heap kept": blocks up to 32 MiB from
 the heap and a trim threshold so high that the heap never shrinks, so the
-process keeps its high-water mark instead of returning and re-faulting pages. oneDNN's cache is capped as `up` does.
+process keeps its high-water mark instead of returning and re-faulting pages,
+and mimalloc preloaded, keeping what it maps (what `up` runs) or purging it. oneDNN's cache is capped as `up` does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ SETTINGS: dict[str, dict[str, str]] = {
     "mmap >= 1 MiB": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
     "mmap >= 128 KiB": {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)},
 }
+
+
+def mimalloc_settings() -> dict[str, dict[str, str]]:
+    """mimalloc preloaded (the embedded extra's wheel): as `up` runs it (nothing purged), and purging."""
+    from sentiment_server.backend.triton_process import MIMALLOC_SETTINGS, mimalloc_library
+
+    library = mimalloc_library()
+    if library is None:
+        return {}
+    return {
+        "mimalloc kept": {"LD_PRELOAD": str(library), **MIMALLOC_SETTINGS},
+        "mimalloc": {"LD_PRELOAD": str(library)},
+    }
 
 
 def rss_anon_mb() -> float:
@@ -82,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=float, default=240.0, help="per setting (240)")
     parser.add_argument("--full-size", action="store_true", help="a DistilBERT-base-sized model (default: tiny)")
-    parser.add_argument("--only", action="append", choices=sorted(SETTINGS), help="run this setting (repeatable)")
+    choices = sorted({*SETTINGS, "mimalloc kept", "mimalloc"})
+    parser.add_argument("--only", action="append", choices=choices, help="run this setting (repeatable)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -91,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="allocator-probe-") as tmp:
         model = model_file(Path(tmp), args.full_size)
         print(f"{'setting':<16} {'calls':>6} {'RssAnon min MB':>15} {'band MB':>8} {'MB/min':>8}")
-        for name, setting in SETTINGS.items():
+        for name, setting in {**SETTINGS, **mimalloc_settings()}.items():
             if args.only and name not in args.only:
                 continue
             env = {**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "8", **setting}
