@@ -11,7 +11,8 @@ import logging
 log = logging.getLogger(__name__)
 
 # A DistilBERT pass's overhead on CPU. On a GPU a pass is nearly free per token
-# and costly per launch: use thousands there, so that each take stays one group.
+# and costly per launch: the coalescer's learned figure (PassCostModel) grows to
+# thousands there, so that each take stays one group.
 BATCH_OVERHEAD_TOKENS = 32
 # The coalescer plans with less: it sends one group and plans the rest again with
 # the texts that arrive meanwhile, so tighter groups now leave a better choice later.
