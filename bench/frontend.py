@@ -228,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_ms = tokenizer_cpu_ms_per_text(tokenizer_json, workload)
         (root / "logs").mkdir()
         rows = []
-        with Processes(repository, root / "logs", serve_args=["--workers", str(args.workers[0])]) as procs:
+        # The tiny model stands in for an accelerator: the planner learns what its passes cost.
+        serve_args = ["--batch-overhead-tokens", "auto"]
+        with Processes(repository, root / "logs", serve_args=["--workers", str(args.workers[0]), *serve_args]) as procs:
             for n, workers in enumerate(args.workers):
                 if n > 0:
-                    procs.start_front_end(["--workers", str(workers)])
+                    procs.start_front_end(["--workers", str(workers), *serve_args])
                 rows += asyncio.run(
                     measure_service(procs, workload, concurrencies, args.stream_window, warmup, seconds, workers)
                 )

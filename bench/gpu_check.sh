@@ -70,7 +70,7 @@ export SENTIMENT_CACHE_DIR=/tmp/sentiment-cache
 echo "gpu_check: packages ready after $((SECONDS - started)) s"
 
 # fp16 on the GPU (bench/run.py's auto dtype picks fp16 where CUDA is visible).
-timeout 420 "$PY" bench/run.py --quick --dtype fp16 --out bench/results/gpu "$@"
+timeout 420 "$PY" bench/run.py --quick --dtype fp16 --serve-arg=--batch-overhead-tokens=auto --out bench/results/gpu "$@"
 # The front-end's CPU per call and per text with one worker and with one per core
 # (a tiny model: what the front-end can push when the GPU is not the limit).
 cores=$(nproc)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .core.batch_costs import PLANNING_OVERHEAD_TOKENS
 from .model_artifact import BACKENDS, DTYPES
 
 ENV_PREFIX = "SENTIMENT_"
@@ -91,9 +92,9 @@ class ServeSettings(ModelSettings):
         "auto", "Triton batches in flight: a number per endpoint, or auto (one per model instance Triton reports)"
     )
     batch_overhead_tokens: str = _opt(
-        "auto",
-        "a Triton pass's fixed cost in padded tokens, for planning batches: a number, or auto "
-        "(learned from the batches' times; at least the model's own)",
+        str(PLANNING_OVERHEAD_TOKENS),
+        "a Triton pass's fixed cost in padded tokens, for planning batches: a number (a CPU model's), or auto "
+        "(learned from the batches' times, for a GPU)",
     )
     result_cache_entries: int = _opt(0, "texts whose logits are kept to answer repeats without Triton (0 = off)")
     # Admission and per-request limits, checked before tokenizing.

@@ -46,7 +46,7 @@ def test_pick_narrows_wider_settings():
 def test_the_planning_overhead_is_learned_unless_a_number_is_set():
     from sentiment_server.transport.server import planning_overhead
 
-    assert ServeSettings().batch_overhead_tokens == "auto"
+    assert ServeSettings().batch_overhead_tokens == "12"
     assert planning_overhead("auto") is None
     assert planning_overhead(" AUTO ") is None
     assert planning_overhead("4000") == 4000
