@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=float, default=240.0, help="per setting (240)")
     parser.add_argument("--full-size", action="store_true", help="a DistilBERT-base-sized model (default: tiny)")
-    choices = sorted({*SETTINGS, "mimalloc kept", "mimalloc"})
-    parser.add_argument("--only", action="append", choices=choices, help="run this setting (repeatable)")
+    settings = {**SETTINGS, **mimalloc_settings()}
+    parser.add_argument("--only", action="append", choices=sorted(settings), help="run this setting (repeatable)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="allocator-probe-") as tmp:
         model = model_file(Path(tmp), args.full_size)
         print(f"{'setting':<16} {'calls':>6} {'RssAnon min MB':>15} {'band MB':>8} {'MB/min':>8}")
-        for name, setting in {**SETTINGS, **mimalloc_settings()}.items():
+        for name, setting in settings.items():
             if args.only and name not in args.only:
                 continue
             env = {**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "8", **setting}

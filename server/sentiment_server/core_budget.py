@@ -77,6 +77,10 @@ def default_torch_threads(device: str) -> int:
     return 1
 
 
+def is_auto(value: str | int) -> bool:
+    return isinstance(value, str) and value.strip().lower() == AUTO
+
+
 def resolve_count(value: str | int, auto: int, what: str) -> int:
     """`value` as a number: "auto" -> `auto`; an int or a digit string -> that int.
 
@@ -84,10 +88,10 @@ def resolve_count(value: str | int, auto: int, what: str) -> int:
     """
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if is_auto(value):
+        return auto
     if isinstance(value, str):
         text = value.strip()
-        if text.lower() == AUTO:
-            return auto
         if text.isascii() and text.isdigit():
             return int(text)
     raise ValueError(f"{what} must be a number or 'auto', got {value!r}")

@@ -314,7 +314,8 @@ class EmbeddedTriton:
         mimalloc = mimalloc_library()
         if mimalloc is not None and "LD_PRELOAD" not in env:  # an operator's LD_PRELOAD (even empty) wins
             env["LD_PRELOAD"] = str(mimalloc)
-        allocator = MIMALLOC_SETTINGS if env.get("LD_PRELOAD") == str(mimalloc) else MALLOC_SETTINGS
+        on_mimalloc = mimalloc is not None and env["LD_PRELOAD"] == str(mimalloc)
+        allocator = MIMALLOC_SETTINGS if on_mimalloc else MALLOC_SETTINGS
         for name, value in allocator.items():
             env.setdefault(name, value)
         env.update(self.extra_env)

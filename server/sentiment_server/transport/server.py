@@ -27,7 +27,7 @@ from ..core.pipeline import ClassificationPipeline, Limits
 from ..core.result_cache import ResultCache
 from ..core.rollout import Rollouts, VersionSource
 from ..core.served_models import ServedModels, ServedVersion
-from ..core_budget import AUTO, resolve_count
+from ..core_budget import is_auto, resolve_count
 from ..settings import ServeSettings
 from .admin import admin_server
 from .admission import Admission
@@ -95,13 +95,13 @@ class FrontEnd:
 
 def planning_overhead(value: str) -> int | None:
     """--batch-overhead-tokens as the coalescer takes it: None for auto (learned from the batches)."""
-    return None if value.strip().lower() == AUTO else resolve_count(value, 0, "--batch-overhead-tokens")
+    return None if is_auto(value) else resolve_count(value, 0, "--batch-overhead-tokens")
 
 
 def batches_in_flight(value: str, backend: InferenceBackend) -> int:
     """--max-concurrent-batches for one version's coalescer: auto, one per model instance behind `backend`
     (each instance always has its next batch, and Triton's queue stays empty); a number, that many per server."""
-    if value.strip().lower() == AUTO:
+    if is_auto(value):
         return backend.instances
     return max(1, resolve_count(value, 0, "--max-concurrent-batches")) * backend.replicas
 
