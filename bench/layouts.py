@@ -5,12 +5,15 @@ model on a CPU: Triton runs it as separate model instances (on 2 cores, two
 single-thread processes), and small batches leave a thread pool idle between
 operators. So the limit is measured over `layouts(cores)` and the best kept.
 
-- `Local` (P = 1): the model in this process with T torch threads, the
-  in-process path the limit always had.
-- `Workers` (P > 1): P spawned processes, each with its own model.pt and T
-  threads. Each gets its share of the same batches (round-robin), warms up on
-  it, waits on a shared barrier, then runs it; the layout's throughput is all
-  texts over the wall time from the barrier to the last process done.
+Every layout runs in P spawned processes, each with its own model.pt and T
+threads and the environment Triton gives its model stubs (the allocator and
+oneDNN settings of `model_process_environment`), so a server's processes have
+no advantage the limit lacks. Each gets its share of the same batches
+(round-robin), warms up on it, waits on a shared barrier, then runs it in
+whole passes. The layout's throughput is all texts over the processes' mean
+busy time: what P instances reach when a queue keeps each of them busy
+(Triton's scheduler), not what a fixed share does when one process finishes
+before another.
 
 Both run a `Job` through `runner`, the one piece of code that calls the model.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import time
 import traceback
@@ -31,6 +35,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from load import Measurement, timed_batches
+from sentiment_server.backend.triton_process import model_process_environment
 
 BARRIER_TIMEOUT_S = 600.0  # a worker waits this long at the start barrier for the others
 STOP_TIMEOUT_S = 10.0  # then terminate, then kill
@@ -201,34 +206,6 @@ class Place(Protocol):
     def go(self) -> Measurement: ...
 
 
-class Local:
-    """P = 1: the model in this process with `threads` torch threads (restored afterwards)."""
-
-    def __init__(self, model_pt: Path, threads: int) -> None:
-        self.model_pt = model_pt
-        self.threads = threads
-
-    def __enter__(self) -> Local:
-        import torch
-
-        self._threads_before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        self.model, self.device = load_model(self.model_pt)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        torch.set_num_threads(self._threads_before)
-
-    def prepare(self, job: Job) -> None:
-        self.job = job
-        self.run = warmed(self.model, self.device, job, range(job.batches))
-
-    def go(self) -> Measurement:
-        return _timed(self.run, self.job.batches, self.job.min_s)
-
-
 def _serve(model_pt: str, threads: int, conn: multiprocessing.connection.Connection, barrier: Any) -> None:
     """A worker: load the model, then prepare / go on the parent's word until it says stop or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us
@@ -255,9 +232,7 @@ def _serve(model_pt: str, threads: int, conn: multiprocessing.connection.Connect
                 assert prepared is not None
                 job, mine, run = prepared
                 barrier.wait(BARRIER_TIMEOUT_S)
-                start = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
-                m = _timed(run, len(mine), job.min_s)
-                conn.send(("done", (start, time.monotonic(), m)))
+                conn.send(("done", _timed(run, len(mine), job.min_s)))
     except BaseException:
         with contextlib.suppress(Exception):
             conn.send(("error", traceback.format_exc()))
@@ -265,7 +240,7 @@ def _serve(model_pt: str, threads: int, conn: multiprocessing.connection.Connect
 
 
 class Workers:
-    """P > 1: `procs` spawned processes with `threads` torch threads each; all stopped on the way out."""
+    """`procs` spawned processes with `threads` torch threads each; all stopped on the way out."""
 
     def __init__(self, model_pt: Path, procs: int, threads: int) -> None:
         self.model_pt = model_pt
@@ -283,7 +258,8 @@ class Workers:
                 process = ctx.Process(
                     target=_serve, args=(str(self.model_pt), self.threads, theirs, barrier), daemon=True
                 )
-                process.start()
+                with _model_environment():
+                    process.start()
                 theirs.close()
                 self.processes.append(process)
                 self.conns.append(ours)
@@ -345,19 +321,33 @@ class Workers:
         self._collect("ready")
 
     def go(self) -> Measurement:
-        """All processes from the barrier on: their texts over the wall time to the last one done."""
+        """All processes from the barrier on: their texts over the mean busy time of those that had work.
+
+        The mean, not the last one's end: shares of a sorted sample differ in cost, and a queue (as
+        Triton's scheduler keeps) would hand the next batch to whichever process is free.
+        """
         for conn in self.conns:
             conn.send(("go", None))
-        done = self._collect("done")
+        done = [m for m in self._collect("done") if m.calls]
         total = Measurement()
-        for _, _, m in done:
-            total = total.merge(m)
-        total.seconds = max(end for _, end, _ in done) - min(start for start, _, _ in done)
+        for m in done:
+            total = total.merge(m)  # seconds: the sum of the busy times
+        total.seconds /= len(done)
         return total
 
 
+@contextlib.contextmanager
+def _model_environment() -> Iterator[None]:
+    """os.environ as Triton's model stubs have it, for the processes spawned meanwhile (they inherit it)."""
+    before = dict(os.environ)
+    os.environ.update(model_process_environment(os.environ))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+
+
 def place(model_pt: Path, layout: Layout) -> contextlib.AbstractContextManager[Place]:
-    """The model run in `layout`: this process (P = 1) or spawned workers."""
-    if layout.procs == 1:
-        return Local(model_pt, layout.threads)
+    """The model run in `layout`: `layout.procs` spawned processes of `layout.threads` torch threads."""
     return Workers(model_pt, layout.procs, layout.threads)

@@ -86,11 +86,15 @@ async def closed_loop(call: CallFn, concurrency: int, warmup_s: float, measure_s
 
 
 def timed_batches(run_batch: Callable[[int], int], batches: int, min_s: float = 0.0) -> Measurement:
-    """In-process: run batch 0..batches-1 (then again while under `min_s`), one after another."""
+    """In-process: run batch 0..batches-1 in whole passes (at least one), until `min_s` has passed.
+
+    Whole passes only: a pass cut short would weigh its first batches more (in a
+    sample sorted by length, the shortest texts).
+    """
     result = Measurement()
     started = time.perf_counter()
     for index in itertools.count():
-        if index >= batches and time.perf_counter() - started >= min_s:
+        if index and index % batches == 0 and time.perf_counter() - started >= min_s:
             break
         t0 = time.perf_counter()
         result.sentences += run_batch(index % batches)

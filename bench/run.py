@@ -196,7 +196,7 @@ def clean_inprocess(quiet: machine.Quiet) -> inprocess.Clean:
         kept: Measurement | None = None
         for attempt in range(quiet.attempts):
             quiet.wait()
-            # Ours: this process and the limit's worker processes (P > 1 layouts), if any.
+            # Ours: this process and the limit's worker processes, if any.
             with machine.CpuMonitor([p.pid for p in multiprocessing.active_children() if p.pid]) as cpu:
                 m = measure()
             m.foreign_cpu = round(cpu.share.foreign_cores, 2)
@@ -307,15 +307,16 @@ def limit_row(
     dtype: str,
     plan: Plan,
     clean: inprocess.Clean,
-    batch_sizes: tuple[int, ...] | None = None,
+    unsorted: bool = False,
 ) -> Row:
+    """The best (layout, batch size) over the plan's whole grid, in every dtype: an upper bound of what it measured."""
     v = models.version_dir(repository)
     if workload.windowed:  # texts/s; the batch sizes count windows
         best = inprocess.window_limit(
             v / "model.pt",
             v / "tokenizer.json",
             workload,
-            batch_sizes or plan.limit_batches[workload.name],
+            plan.limit_batches[workload.name],
             plan.limit_sample[workload.name],
             clean=clean,
         )
@@ -328,10 +329,10 @@ def limit_row(
         v / "model.pt",
         v / "tokenizer.json",
         workload,
-        batch_sizes or plan.limit_batches[workload.name],
+        plan.limit_batches[workload.name],
         plan.limit_sample[workload.name],
         min_s=plan.min_measure_s / 2,
-        unsorted=plan.limit_unsorted and batch_sizes is None,
+        unsorted=unsorted,
         clean=clean,
     )
     padding = round(best.padding, 3) if best.padding is not None else None
@@ -382,7 +383,7 @@ def measure_all(
     # In-process paths first, while nothing else of ours is running.
     for w in workloads:
         log.info("%s: limit (%s)", w.name, dtype)
-        rows.append(limit_row(repository, w, dtype, plan, clean))
+        rows.append(limit_row(repository, w, dtype, plan, clean, unsorted=plan.limit_unsorted))
         if w.name in plan.pipeline_batches:  # not long: the pipeline would cut each text at 512 tokens
             log.info("%s: transformers pipeline (fp32)", w.name)
             rows.append(pipeline_row(w, plan, clean))
@@ -398,9 +399,8 @@ def measure_all(
             continue
         other_repo = models.export(other, export_args)
         for w in workloads:
-            log.info("%s: limit (%s) at the %s best batch size", w.name, other, dtype)
-            best = limit_of(dtype, w.name).texts_per_call
-            rows.append(limit_row(other_repo, w, other, plan, clean, (best,)))
+            log.info("%s: limit (%s)", w.name, other)
+            rows.append(limit_row(other_repo, w, other, plan, clean))
         with Processes(other_repo, log_dir, serve_args=serve_args) as procs:
             for w in workloads:
                 rate = limit_of(other, w.name).sentences_per_s

@@ -88,3 +88,34 @@ def test_rows_within_the_limit_pass() -> None:
     text = report.summary([_row("limit", 1.0), _row("service_unary", 0.9)], "int8")
     assert "(the limit is an upper bound): met" in text
     assert "int8: unary c64x1 0.90" in text
+
+
+def test_timed_batches_run_whole_passes() -> None:
+    import load
+
+    ran: list[int] = []
+
+    def run(batch: int) -> int:
+        ran.append(batch)
+        return batch + 1  # batch b holds b + 1 texts
+
+    m = load.timed_batches(run, 3, min_s=0.0)
+    assert ran == [0, 1, 2] and m.sentences == 6 and m.calls == 3
+    ran.clear()
+    m = load.timed_batches(run, 3, min_s=0.01)  # past the first pass: always a whole number of passes
+    assert len(ran) % 3 == 0 and len(ran) >= 3
+    assert m.sentences == 6 * len(ran) // 3
+
+
+def test_the_limits_processes_start_with_the_stubs_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from sentiment_server.backend.triton_process import model_process_environment
+
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "3")  # an operator's value wins, as for Triton
+    before = dict(os.environ)
+    wanted = model_process_environment(before)
+    assert wanted["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "3"
+    with layouts._model_environment():
+        assert {name: os.environ[name] for name in wanted} == wanted
+    assert dict(os.environ) == before

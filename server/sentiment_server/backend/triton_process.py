@@ -59,6 +59,7 @@ __all__ = [
     "describe_exit",
     "free_port",
     "free_ports",
+    "model_process_environment",
     "remove_stale_shared_memory",
 ]
 
@@ -181,6 +182,25 @@ def mimalloc_library() -> Path | None:
             path = Path(str(dist.locate_file(file)))
             return path if path.is_file() else None
     return None
+
+
+def model_process_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables a process that runs the model gets on top of `env`: its allocator and oneDNN's cache.
+
+    Values already in `env` win, an operator's LD_PRELOAD even when empty (then glibc, heap kept).
+    """
+    added: dict[str, str] = {}
+    # oneDNN keeps a compiled primitive per input shape, and the model sees a new shape with
+    # almost every batch: with its default capacity the stubs' memory keeps growing
+    # (bench/results/soak*.json). A small cache keeps it flat.
+    added["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = ONEDNN_PRIMITIVE_CACHE_CAPACITY
+    mimalloc = mimalloc_library()
+    preload = env.get("LD_PRELOAD", str(mimalloc) if mimalloc is not None else None)
+    if preload is not None:
+        added["LD_PRELOAD"] = preload
+    on_mimalloc = mimalloc is not None and preload == str(mimalloc)
+    added.update(MIMALLOC_SETTINGS if on_mimalloc else MALLOC_SETTINGS)
+    return {name: env.get(name, value) for name, value in added.items()}
 
 
 class EmbeddedTriton:
@@ -307,17 +327,7 @@ class EmbeddedTriton:
         libs = [str(p) for p in dist.libs]
         previous = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p not in libs]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, *previous])
-        # oneDNN keeps a compiled primitive per input shape, and the model sees a new shape with
-        # almost every batch: with its default capacity the stubs' memory keeps growing
-        # (bench/results/soak*.json). A small cache keeps it flat; an operator's own value wins.
-        env.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_PRIMITIVE_CACHE_CAPACITY)
-        mimalloc = mimalloc_library()
-        if mimalloc is not None and "LD_PRELOAD" not in env:  # an operator's LD_PRELOAD (even empty) wins
-            env["LD_PRELOAD"] = str(mimalloc)
-        on_mimalloc = mimalloc is not None and env["LD_PRELOAD"] == str(mimalloc)
-        allocator = MIMALLOC_SETTINGS if on_mimalloc else MALLOC_SETTINGS
-        for name, value in allocator.items():
-            env.setdefault(name, value)
+        env.update(model_process_environment(env))
         env.update(self.extra_env)
         return env
 
