@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import event_loop
 from .logging_setup import configure_logging
 from .settings import (
     DEFAULT_CHECKPOINT,
@@ -353,9 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if isinstance(settings, UpSettings):
-            asyncio.run(_up(settings))
+            event_loop.run(_up(settings), settings.event_loop)
         elif isinstance(settings, ServeSettings):
-            asyncio.run(_serve(settings))
+            event_loop.run(_serve(settings), settings.event_loop)
         elif isinstance(settings, TritonSettings):
             asyncio.run(_triton(settings))
         elif isinstance(settings, ExportSettings):
