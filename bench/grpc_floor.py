@@ -15,8 +15,9 @@ out.
 from /proc over the measuring window, divided by the calls that finished in
 it. `floor_cpu` does the same for bench/frontend.py, which puts the front-end's
 CPU per call next to it. `--event-loop` picks the servers' loop: asyncio's own
-(the default, a bare grpc.aio hop) or uvloop (the front-end's default). CPU seconds from /proc are the process's own, so
-they hold on a shared machine; the calls/s beside them do not.
+(the default, a bare grpc.aio hop) or uvloop (the front-end's default). CPU
+seconds from /proc are the process's own, so they hold on a shared machine;
+the calls/s beside them do not.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ busy time: what P instances reach when a queue keeps each of them busy
 (Triton's scheduler), not what a fixed share does when one process finishes
 before another.
 
-Both run a `Job` through `runner`, the one piece of code that calls the model.
+Each process runs its share of a `Job` through `runner`, the one piece of code
+that calls the model.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from load import Measurement, timed_batches
 from sentiment_server.backend.triton_process import model_process_environment
@@ -198,14 +199,6 @@ def _timed(run: Callable[[int], int], batches: int, min_s: float) -> Measurement
         return timed_batches(run, batches, min_s)
 
 
-class Place(Protocol):
-    """A layout ready to measure: `prepare(job)` builds and warms its batches, `go()` times them."""
-
-    def prepare(self, job: Job) -> None: ...
-
-    def go(self) -> Measurement: ...
-
-
 def _serve(model_pt: str, threads: int, conn: multiprocessing.connection.Connection, barrier: Any) -> None:
     """A worker: load the model, then prepare / go on the parent's word until it says stop or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us
@@ -240,7 +233,10 @@ def _serve(model_pt: str, threads: int, conn: multiprocessing.connection.Connect
 
 
 class Workers:
-    """`procs` spawned processes with `threads` torch threads each; all stopped on the way out."""
+    """`procs` spawned processes with `threads` torch threads each; all stopped on the way out.
+
+    `prepare(job)` builds and warms each one's batches, `go()` times them.
+    """
 
     def __init__(self, model_pt: Path, procs: int, threads: int) -> None:
         self.model_pt = model_pt
@@ -348,6 +344,6 @@ def _model_environment() -> Iterator[None]:
         os.environ.update(before)
 
 
-def place(model_pt: Path, layout: Layout) -> contextlib.AbstractContextManager[Place]:
+def place(model_pt: Path, layout: Layout) -> Workers:
     """The model run in `layout`: `layout.procs` spawned processes of `layout.threads` torch threads."""
     return Workers(model_pt, layout.procs, layout.threads)
