@@ -7,7 +7,13 @@ variant is a string of extra `serve` flags) and measures one-text unary calls
 at the given concurrency. The variants alternate within every round, so the
 machine's drift hits all of them alike; it prints each variant's median
 sentences/s and p50 latency over the rounds, its ratio to the first variant,
-and the padding. At `--concurrency 1` the p50 compares the variants' latency.
+the padding, and the front-end's CPU per call (its processes' CPU seconds from
+/proc over the window, per call finished). At `--concurrency 1` the p50
+compares the variants' latency.
+
+`--tiny` serves bench/frontend.py's tiny model instead: the model's cost taken
+away, what is left is the front-end's own, so CPU per call is the figure to
+read (`--variant= --variant=--event-loop=asyncio` compares the event loops).
 Every process is stopped on the way out.
 """
 
@@ -22,29 +28,36 @@ import tempfile
 from pathlib import Path
 
 import corpus
+import frontend
+import grpc_floor
 import models
 from clients import Service
-from procs import Processes
+from procs import Processes, children
 
 log = logging.getLogger("bench")
 
 
 async def measure(
     procs: Processes, workload: corpus.Workload, concurrency: int, seconds: float
-) -> tuple[float, float, float]:
-    """(sentences/s, p50 latency in ms, padding fraction) of one window, after a short warm-up."""
+) -> tuple[float, float, float, float]:
+    """(sentences/s, p50 latency in ms, padding fraction, front-end CPU ms per call) of one window."""
     assert procs.front is not None
+    pid = procs.front.process.pid
     service = Service(procs.front.target, workload)
     try:
         await service.measure(concurrency, 1, 0.0, 2.0)
         before = procs.front.metrics()
-        m = await service.measure(concurrency, 1, 1.0, seconds)
+        m, cpu = await asyncio.gather(
+            service.measure(concurrency, 1, 1.0, seconds),
+            grpc_floor.cpu_window({"front": [pid, *children(pid)]}, 1.0, seconds),
+        )
         after = procs.front.metrics()
     finally:
         await service.close()
     padded = after["sentiment_padded_tokens_total"] - before["sentiment_padded_tokens_total"]
     real = after["sentiment_real_tokens_total"] - before["sentiment_real_tokens_total"]
-    return m.sentences_per_s, m.percentile_ms(50), (1 - real / padded) if padded else 0.0
+    cpu_ms = 1000 * cpu["front"] / m.calls if m.calls else float("nan")
+    return m.sentences_per_s, m.percentile_ms(50), (1 - real / padded) if padded else 0.0, cpu_ms
 
 
 def main() -> None:
@@ -60,33 +73,46 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true", help="bench/frontend.py's tiny model: the front-end's own cost")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    repository = models.export(args.dtype)
-    workload = corpus.build(args.workload, models.version_dir(repository) / "tokenizer.json")
-    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in args.variant}
-    with tempfile.TemporaryDirectory() as logs, Processes(repository, Path(logs)) as procs:
-        for round_ in range(args.rounds):
-            order = args.variant if round_ % 2 == 0 else args.variant[::-1]
-            for variant in order:
-                procs.start_front_end(shlex.split(variant))
-                rate, p50, padding = asyncio.run(measure(procs, workload, args.concurrency, args.seconds))
-                log.info(
-                    "round %d, %r: %.1f sentences/s, p50 %.2f ms, padding %.3f", round_ + 1, variant, rate, p50, padding
-                )
-                results[variant].append((rate, p50, padding))
+    results: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in args.variant}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            repository = frontend.build_repository(Path(tmp))
+            model, what = "the tiny model", f"{args.workload}, tiny model"
+        else:
+            repository = models.export(args.dtype)
+            model, what = args.dtype, f"{args.workload}, {args.dtype}"
+        tokenizer_json = models.version_dir(repository) / "tokenizer.json"
+        workload = corpus.build(args.workload, tokenizer_json, size=512 if args.tiny else None)
+        with Processes(repository, Path(tmp)) as procs:
+            for round_ in range(args.rounds):
+                order = args.variant if round_ % 2 == 0 else args.variant[::-1]
+                for variant in order:
+                    procs.start_front_end(shlex.split(variant))
+                    result = asyncio.run(measure(procs, workload, args.concurrency, args.seconds))
+                    log.info(
+                        "round %d, %r on %s: %.1f sentences/s, p50 %.2f ms, padding %.3f, front-end %.3f CPU ms/call",
+                        round_ + 1, variant, model, *result,
+                    )  # fmt: skip
+                    results[variant].append(result)
 
-    base = statistics.median(r for r, _, _ in results[args.variant[0]])
+    base = statistics.median(r for r, *_ in results[args.variant[0]])
+    print(f"\n{what}, {args.concurrency} callers x 1 text, {args.rounds} rounds of {args.seconds:g} s")
     print(
-        f"\n{args.workload}, {args.dtype}, {args.concurrency} callers x 1 text, {args.rounds} rounds of {args.seconds:g} s"
+        "| serve flags | sentences/s (median) | vs first | p50 ms (median) | padding | front-end CPU ms/call (median) "
+        "| sentences/s, each round |"
     )
-    print("| serve flags | sentences/s (median) | vs first | p50 ms (median) | padding | sentences/s, each round |")
-    print("|---|--:|--:|--:|--:|---|")
+    print("|---|--:|--:|--:|--:|--:|---|")
     for variant, runs in results.items():
-        rate, p50, padding = (statistics.median(run[i] for run in runs) for i in range(3))
-        each = ", ".join(f"{r:.1f}" for r, _, _ in runs)
-        print(f"| `{variant or '(defaults)'}` | {rate:.1f} | {rate / base:.3f} | {p50:.2f} | {padding:.3f} | {each} |")
+        rate, p50, padding, cpu_ms = (statistics.median(run[i] for run in runs) for i in range(4))
+        each = ", ".join(f"{run[0]:.1f}" for run in runs)
+        print(
+            f"| `{variant or '(defaults)'}` | {rate:.1f} | {rate / base:.3f} | {p50:.2f} | {padding:.3f} | {cpu_ms:.3f} "
+            f"| {each} |"
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import Service, start_service
-from loadgen import run_load
+from loadgen import check_drained, run_load
 from sentiment_client import SentimentClient, SentimentError
 from sentiment_server.backend.triton_process import free_port
 
@@ -38,16 +38,9 @@ async def test_sigterm_drains_calls_in_flight(triton, model_repository: Path, tm
     exited_at = time.monotonic()
     calls = await load
     assert code == 0, service.log.read_text()[-2000:]
-    before = [c for c in calls if c.started < sent_at - 0.05]
-    lost = [c for c in before if c.code != grpc.StatusCode.OK]
-    print(f"calls before SIGTERM={len(before)} lost={len(lost)} drain took {exited_at - sent_at:.2f}s")
-    assert before and not lost, {(c.code, c.details) for c in lost}
-    # Nothing admitted was cut off: the port closed only once no admitted call was left.
-    assert "draining done: 0 admitted calls still in flight" in service.log.read_text()
-    # Calls sent after SIGTERM were refused (UNAVAILABLE: "shutting down" or connection refused), or, racing the
-    # port's closing inside gRPC, CANCELLED before admission.
-    after = [c for c in calls if c.started > sent_at]
-    assert {c.code for c in after} <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    refused = [c for c in calls if c.started < sent_at and c.code != grpc.StatusCode.OK]
+    print(f"calls before SIGTERM refused={len(refused)} drain took {exited_at - sent_at:.2f}s")
+    check_drained(calls, sent_at, service.log.read_text())
     assert exited_at - sent_at < 10 + 5
 
 
