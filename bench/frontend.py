@@ -16,9 +16,7 @@ connections per worker; the front-end's CPU is the parent's and every worker's.
 Each cell has a warm-up, then a measuring window of `--seconds` (default 10).
 Alongside, in the same run, bench/grpc_floor.floor_cpu measures the floor: a
 bare grpc.aio proxy that forwards Classify to an echo server and does nothing
-else, with the same texts per call and the same concurrency, twice: on
-asyncio's own event loop (the floor) and on uvloop, the front-end's default
-loop (the same hop on the same loop).
+else, with the same texts per call and the same concurrency.
 
 A last line gives the model's tokenizer alone (`encode_batch`, 32 texts a
 call, in this process): its CPU per text is a floor no Python front-end gets
@@ -29,7 +27,7 @@ front-end process's CPU seconds over the window (utime + stime of its pid in
 /proc) per call and per text; and `x floor`, the front-end's CPU ms per call
 over the floor proxy's CPU ms per call for the same texts per call and
 concurrency (stream messages are set against one-text unary calls at the
-stream's window); `x uvloop floor`, the same over the proxy on uvloop. The JSON (`--out`) also holds Triton's CPU (its pid and
+stream's window). The JSON (`--out`) also holds Triton's CPU (its pid and
 backend stubs) and the client's (this process), each per call.
 
 How to read it: with a tiny model Triton answers in well under a millisecond,
@@ -165,38 +163,34 @@ def tokenizer_cpu_ms_per_text(tokenizer_json: Path, workload: corpus.Workload, r
 
 
 def add_floor(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> None:
-    """Each row's floor on asyncio's loop (`floor_...`, `ratio_to_floor`) and on uvloop (`uvloop_floor_...`)."""
-    by_cell = {(f.loop, f.texts_per_call, f.concurrency): f for f in floor}
+    by_cell = {(f.texts_per_call, f.concurrency): f for f in floor}
     for row in rows:
-        for loop, prefix in (("asyncio", ""), ("uvloop", "uvloop_")):
-            f = by_cell.get((loop, row["texts_per_call"], row["concurrency"]))
-            per_call = f.cpu_ms_per_call if f else float("nan")
-            row[f"{prefix}floor_cpu_ms_per_call"] = per_call
-            row[f"ratio_to_{prefix}floor"] = row["frontend_cpu_ms_per_call"] / per_call
+        f = by_cell.get((row["texts_per_call"], row["concurrency"]))
+        row["floor_cpu_ms_per_call"] = f.cpu_ms_per_call if f else float("nan")
+        row["ratio_to_floor"] = row["frontend_cpu_ms_per_call"] / f.cpu_ms_per_call if f else float("nan")
 
 
 def table(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell], tokenizer_ms: float) -> str:
     lines = [
         "| workers | path | concurrency | calls/s | texts/s | p50 ms | p99 ms | front-end CPU ms/call | CPU ms/text "
-        "| floor CPU ms/call | x floor | x uvloop floor | client CPU ms/call |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| floor CPU ms/call | x floor | client CPU ms/call |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workers']} | {r['path']} | {r['concurrency']} | {r['calls_per_s']:.0f} | {r['texts_per_s']:.0f} "
             f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['frontend_cpu_ms_per_call']:.3f} "
             f"| {r['frontend_cpu_ms_per_text']:.3f} | {r['floor_cpu_ms_per_call']:.3f} | {r['ratio_to_floor']:.2f} "
-            f"| {r['ratio_to_uvloop_floor']:.2f} | {r['client_cpu_ms_per_call']:.3f} |"
+            f"| {r['client_cpu_ms_per_call']:.3f} |"
         )
     lines += [
         "",
-        "| floor (bare grpc.aio proxy) loop | texts/call | concurrency | calls/s | p50 ms | p99 ms "
-        "| proxy CPU ms/call |",
+        "| floor (bare grpc.aio proxy) texts/call | concurrency | calls/s | p50 ms | p99 ms | proxy CPU ms/call |",
     ]
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---:|---:|---:|---:|---:|---:|")
     for f in floor:
         lines.append(
-            f"| {f.loop} | {f.texts_per_call} | {f.concurrency} | {f.calls_per_s:.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} "
+            f"| {f.texts_per_call} | {f.concurrency} | {f.calls_per_s:.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} "
             f"| {f.cpu_ms_per_call:.3f} |"
         )
     lines += ["", f"Tokenizer alone (encode_batch, {BATCH} texts a call): {tokenizer_ms:.3f} CPU ms per text."]
@@ -244,10 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                     measure_service(procs, workload, concurrencies, args.stream_window, warmup, seconds, workers)
                 )
     floor_cells = sorted({(t, c) for t in (1, BATCH) for c in concurrencies} | {(1, args.stream_window)})
-    log.info("floor: %d cells on each event loop", len(floor_cells))
-    floor = [
-        cell for loop in ("asyncio", "uvloop") for cell in grpc_floor.floor_cpu(floor_cells, warmup, seconds, loop)
-    ]
+    log.info("floor: %d cells", len(floor_cells))
+    floor = grpc_floor.floor_cpu(floor_cells, warmup, seconds)
     add_floor(rows, floor)
     print(table(rows, floor, tokenizer_ms))
     args.out.parent.mkdir(parents=True, exist_ok=True)

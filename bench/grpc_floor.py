@@ -14,10 +14,8 @@ out.
 (`--concurrency`, `--texts`, `--seconds`): CPU seconds of the proxy's pid
 from /proc over the measuring window, divided by the calls that finished in
 it. `floor_cpu` does the same for bench/frontend.py, which puts the front-end's
-CPU per call next to it. `--event-loop` picks the servers' loop: asyncio's own
-(the default, a bare grpc.aio hop) or uvloop (the front-end's default). CPU
-seconds from /proc are the process's own, so they hold on a shared machine;
-the calls/s beside them do not.
+CPU per call next to it. CPU seconds from /proc are the process's own, so
+they hold on a shared machine; the calls/s beside them do not.
 """
 
 from __future__ import annotations
@@ -39,8 +37,6 @@ from load import closed_loop
 from machine import process_cpu_s
 from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
-from sentiment_server import event_loop
-from sentiment_server.event_loop import EVENT_LOOPS
 
 
 class Echo(pb_grpc.SentimentServiceServicer):
@@ -66,15 +62,8 @@ async def serve(upstream: str | None) -> None:
     await server.wait_for_termination()
 
 
-def start(upstream: str | None, loop: str = "asyncio") -> tuple[subprocess.Popen[str], str]:
-    command = [
-        sys.executable,
-        __file__,
-        "--serve",
-        "--event-loop",
-        loop,
-        *(["--upstream", upstream] if upstream else []),
-    ]
+def start(upstream: str | None) -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, __file__, "--serve", *(["--upstream", upstream] if upstream else [])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     match = re.search(r"serving on (\S+)", process.stdout.readline())
@@ -111,7 +100,6 @@ class FloorCell:
 
     texts_per_call: int
     concurrency: int
-    loop: str  # the proxy's and echo server's event loop
     calls: int
     seconds: float
     p50_ms: float
@@ -148,12 +136,7 @@ async def cpu_window(groups: dict[str, list[int]], warmup_s: float, measure_s: f
 
 
 async def _measure_cpu(
-    proxied: str,
-    pids: dict[str, list[int]],
-    cells: list[tuple[int, int]],
-    warmup_s: float,
-    measure_s: float,
-    loop: str,
+    proxied: str, pids: dict[str, list[int]], cells: list[tuple[int, int]], warmup_s: float, measure_s: float
 ) -> list[FloorCell]:
     channel = grpc.aio.insecure_channel(proxied)
     stub = pb_grpc.SentimentServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -171,7 +154,7 @@ async def _measure_cpu(
             )
             results.append(
                 FloorCell(
-                    texts, concurrency, loop, load.calls, load.seconds, load.percentile_ms(50), load.percentile_ms(99),
+                    texts, concurrency, load.calls, load.seconds, load.percentile_ms(50), load.percentile_ms(99),
                     cpu["proxy"], cpu["echo"], cpu["client"],
                 )
             )  # fmt: skip
@@ -180,18 +163,16 @@ async def _measure_cpu(
     return results
 
 
-def floor_cpu(
-    cells: list[tuple[int, int]], warmup_s: float, measure_s: float, loop: str = "asyncio"
-) -> list[FloorCell]:
-    """Start echo + proxy on `loop`, measure each (texts per call, concurrency) cell, stop both by pid."""
+def floor_cpu(cells: list[tuple[int, int]], warmup_s: float, measure_s: float) -> list[FloorCell]:
+    """Start echo + proxy, measure each (texts per call, concurrency) cell, stop both by pid."""
     processes: list[subprocess.Popen[str]] = []
     try:
-        echo, echo_target = start(None, loop)
+        echo, echo_target = start(None)
         processes.append(echo)
-        proxy, proxy_target = start(echo_target, loop)
+        proxy, proxy_target = start(echo_target)
         processes.append(proxy)
         pids = {"proxy": [proxy.pid], "echo": [echo.pid], "client": [os.getpid()]}
-        return asyncio.run(_measure_cpu(proxy_target, pids, cells, warmup_s, measure_s, loop))
+        return asyncio.run(_measure_cpu(proxy_target, pids, cells, warmup_s, measure_s))
     finally:
         for process in processes:
             if process.poll() is None:
@@ -213,23 +194,21 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64], help="with --cpu")
     parser.add_argument("--texts", type=int, default=1, help="texts per call, with --cpu")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per cell, with --cpu")
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio", help="the servers' event loop")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        event_loop.run(serve(args.upstream), args.event_loop)
+        asyncio.run(serve(args.upstream))
         return 0
     if args.cpu:
-        cells = [(args.texts, c) for c in args.concurrency]
-        for cell in floor_cpu(cells, min(3.0, args.seconds), args.seconds, args.event_loop):
+        for cell in floor_cpu([(args.texts, c) for c in args.concurrency], min(3.0, args.seconds), args.seconds):
             print(f"texts {cell.texts_per_call} concurrency {cell.concurrency}: {cell.calls_per_s:.0f} calls/s, "
                   f"p50 {cell.p50_ms:.2f} ms, p99 {cell.p99_ms:.2f} ms, proxy CPU {cell.cpu_ms_per_call:.3f} ms/call")  # fmt: skip
         return 0
-    echo, echo_target = start(None, args.event_loop)
+    echo, echo_target = start(None)
     processes = [echo]
     try:
-        proxy, proxy_target = start(echo_target, args.event_loop)
+        proxy, proxy_target = start(echo_target)
         processes.append(proxy)
         asyncio.run(measure(echo_target, proxy_target, args.calls, args.gap_ms / 1000))
     finally:

@@ -13,7 +13,7 @@ compares the variants' latency.
 
 `--tiny` serves bench/frontend.py's tiny model instead: the model's cost taken
 away, what is left is the front-end's own, so CPU per call is the figure to
-read (`--variant= --variant=--event-loop=asyncio` compares the event loops).
+read (`--variant= --variant=--no-triton-streams` compares the two Triton legs).
 Every process is stopped on the way out.
 """
 

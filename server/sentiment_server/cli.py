@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import event_loop
 from .logging_setup import configure_logging
 from .settings import (
     DEFAULT_CHECKPOINT,
@@ -354,9 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if isinstance(settings, UpSettings):
-            event_loop.run(_up(settings), settings.event_loop)
+            asyncio.run(_up(settings))
         elif isinstance(settings, ServeSettings):
-            event_loop.run(_serve(settings), settings.event_loop)
+            asyncio.run(_serve(settings))
         elif isinstance(settings, TritonSettings):
             asyncio.run(_triton(settings))
         elif isinstance(settings, ExportSettings):

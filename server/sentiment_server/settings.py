@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .core.batch_costs import PLANNING_OVERHEAD_TOKENS
-from .event_loop import EVENT_LOOPS
 from .model_artifact import BACKENDS, DTYPES
 
 ENV_PREFIX = "SENTIMENT_"
@@ -78,7 +77,6 @@ class ServeSettings(ModelSettings):
         "front-end processes sharing the port (auto: one per core on a GPU host; on a CPU host one per 8 cores, "
         "at least 1, the model needs the rest)",
     )
-    event_loop: str = _opt("auto", "asyncio event loop (auto: uvloop when installed)", EVENT_LOOPS)
     # Models and versions.
     models: str = _opt("", "models to serve, comma-separated (empty = every model in the repository)")
     admin_port: int = _opt(50052, "loopback port of the admin service: rollout, rollback (-1 = off, 0 = any)")
