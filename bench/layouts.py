@@ -249,16 +249,16 @@ class Workers:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked torch or tokenizer threads
         barrier = ctx.Barrier(self.procs)
         try:
-            for _ in range(self.procs):
-                ours, theirs = ctx.Pipe()
-                process = ctx.Process(
-                    target=_serve, args=(str(self.model_pt), self.threads, theirs, barrier), daemon=True
-                )
-                with _model_environment():
+            with _model_environment():
+                for _ in range(self.procs):
+                    ours, theirs = ctx.Pipe()
+                    process = ctx.Process(
+                        target=_serve, args=(str(self.model_pt), self.threads, theirs, barrier), daemon=True
+                    )
                     process.start()
-                theirs.close()
-                self.processes.append(process)
-                self.conns.append(ours)
+                    theirs.close()
+                    self.processes.append(process)
+                    self.conns.append(ours)
             self._collect("loaded")
         except BaseException:
             self.close()
