@@ -78,7 +78,11 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def up(
     versions: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Up]:
-    """With two workers the parent switches both (each call still wholly one version) before it answers."""
+    """With two workers the parent switches both (each call still wholly one version) before it answers.
+
+    A short --version-poll-s: a front-end that followed Triton on its own would switch to a version the
+    parent has only begun to try.
+    """
     root = tmp_path_factory.mktemp("rollout")
     repository = root / "repo"
     _export(versions["1"], repository)
@@ -88,6 +92,7 @@ def up(
             sentiment_server(
                 "up", "--port", "0", "--admin-port", "0", "--model-repository", str(repository),
                 "--checkpoint", str(versions["1"]), "--max-concurrent-batches", "1", "--workers", request.param,
+                "--version-poll-s", "0.05",
             ),
             stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip

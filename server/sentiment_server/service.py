@@ -214,7 +214,7 @@ async def start_front_end(
     except BaseException:
         await asyncio.gather(*(backend.close() for _, backend in versions), source.close())
         raise
-    if not source.control and front.rollouts is not None:
+    if not source.control and front.rollouts is not None and settings.version_poll_s > 0:
         front.background.append(asyncio.get_running_loop().create_task(source.follow(front.rollouts)))
     front.on_stop.append(source.close)
     log.info("models %s via Triton %s", ", ".join(names), settings.triton_url)

@@ -83,7 +83,9 @@ class ServeSettings(ModelSettings):
     triton_model_control: bool = _opt(
         False, "load and unload versions in Triton on rollout (explicit model control; up: on); off: follow Triton"
     )
-    version_poll_s: float = _opt(5.0, "how often a front-end that follows Triton looks for a newer ready version")
+    version_poll_s: float = _opt(
+        5.0, "how often a front-end that follows Triton looks for a newer ready version, in seconds (0 = never)"
+    )
     # Coalescing: concurrent requests merge into one Triton batch.
     max_batch_texts: int = _opt(64, "most texts in one Triton batch")
     max_batch_tokens: int = _opt(8192, "most padded tokens in one Triton batch")

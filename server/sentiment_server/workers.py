@@ -81,7 +81,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def worker_settings(settings: ServeSettings, port: int, count: int) -> ServeSettings:
     """One worker's settings: the shared port, one process, private admin and metrics ports when the parent
-    serves those, its share of the admission limits, and no Triton model control (the parent loads)."""
+    serves those, its share of the admission limits, and no Triton model control. With model control the parent
+    loads each version and switches every worker; a worker that followed Triton on its own would switch to a
+    version the parent has only begun to try, so it does not follow."""
     return dataclasses.replace(
         settings,
         port=port,
@@ -89,6 +91,7 @@ def worker_settings(settings: ServeSettings, port: int, count: int) -> ServeSett
         admin_port=0 if settings.admin_port >= 0 else -1,
         metrics_port=0 if settings.metrics_port >= 0 else -1,
         triton_model_control=False,
+        version_poll_s=0.0 if settings.triton_model_control else settings.version_poll_s,
         max_inflight_requests=math.ceil(settings.max_inflight_requests / count),
         max_inflight_texts=math.ceil(settings.max_inflight_texts / count),
     )

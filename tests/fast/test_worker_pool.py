@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,9 @@ def test_worker_settings_split_the_limits_and_travel_as_environment() -> None:
     assert (worker.port, worker.workers, worker.admin_port, worker.metrics_port) == (41000, "1", 0, 0)
     assert (worker.max_inflight_requests, worker.max_inflight_texts) == (257, 4096)
     assert worker.triton_model_control is False  # the parent loads and unloads
+    assert worker.version_poll_s == settings.version_poll_s  # without control each worker follows Triton
+    controlled = worker_settings(replace(settings, triton_model_control=True), port=41000, count=2)
+    assert controlled.version_poll_s == 0  # the parent switches every worker; none follows on its own
     assert settings_from(ServeSettings, env=settings_environment(worker)) == worker
     assert worker_settings(ServeSettings(admin_port=-1), 1, 2).admin_port == -1  # off stays off
 
