@@ -16,6 +16,10 @@ of the replaced ones exit, sometimes seconds after the load returns: a stub
 that was alive during `expecting_stub_exits` may exit up to
 `STUB_EXIT_GRACE_S` after it without counting as a crash. Stubs started
 later are watched as always.
+
+Every poll reads the known stubs' /proc entries only; a walk over every
+process, which is what finds new stubs, runs after a model change and every
+`STUB_RESCAN_S` (it would cost the event loop milliseconds at every poll).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Triton finalizes a replaced instance after its load call returns, once the instance's requests are done.
 STUB_EXIT_GRACE_S = 60.0
+# How often to look for stubs that started unseen (a model change and a restart of Triton look themselves).
+STUB_RESCAN_S = 5.0
 
 
 class TritonGaveUp(RuntimeError):
@@ -70,6 +76,7 @@ class TritonSupervisor:
         self._model_changes = 0  # loads or unloads under way
         self._changed_at = float("-inf")
         self._replaceable: set[int] = set()  # stubs alive during a model change: they may exit
+        self._rescan_at = time.monotonic() + STUB_RESCAN_S
 
     @contextmanager
     def expecting_stub_exits(self) -> Iterator[None]:
@@ -80,7 +87,7 @@ class TritonSupervisor:
             yield
         finally:
             self._model_changes -= 1
-            self._changed_at = time.monotonic()
+            self._changed_at = self._rescan_at = time.monotonic()  # the change started new stubs
             self._replaceable |= self._triton.stub_pids()
 
     def _replaced(self, dead: set[int]) -> set[int]:
@@ -99,7 +106,7 @@ class TritonSupervisor:
             await asyncio.sleep(self._poll_s)
             code = self._triton.returncode
             if code is None:
-                alive = self._triton.stub_pids()
+                alive = self._alive_stubs(stubs)
                 dead = stubs - alive
                 stubs |= alive
                 replaced = self._replaced(dead)
@@ -146,6 +153,14 @@ class TritonSupervisor:
             self._triton.restart()
             on_restart()
             stubs = await self._stubs_once_ready()
+
+    def _alive_stubs(self, known: set[int]) -> set[int]:
+        """The stubs alive now: those of `known`, and any new ones when a look for them is due."""
+        now = time.monotonic()
+        if now < self._rescan_at:
+            return self._triton.stub_pids(among=known)
+        self._rescan_at = now + STUB_RESCAN_S
+        return self._triton.stub_pids()
 
     async def _stubs_once_ready(self) -> set[int]:
         """The stubs of a restarted Triton once its model is ready (stubs come and go while it loads).
