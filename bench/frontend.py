@@ -18,6 +18,12 @@ Alongside, in the same run, bench/grpc_floor.floor_cpu measures the floor: a
 bare grpc.aio proxy that forwards Classify to an echo server and does nothing
 else, with the same texts per call and the same concurrency.
 
+A lone call, paired: concurrency 1, alternating with Triton direct on the same
+tiny model for `--lone-s` (20 s), the median of the paired differences is the
+latency the front-end itself adds; next to it, bench/grpc_floor.floor_hop: what
+one no-op grpc.aio hop adds after the same idle time (a process woken after
+idling answers later, and the front-end idles while Triton computes).
+
 A last line gives the model's tokenizer alone (`encode_batch`, 32 texts a
 call, in this process): its CPU per text is a floor no Python front-end gets
 under, whatever it does with gRPC and batching.
@@ -61,7 +67,7 @@ from typing import Any
 
 import corpus
 import grpc_floor
-from clients import Service
+from clients import Service, TritonDirect, paired_c1
 from load import Measurement
 from procs import Processes, children
 
@@ -144,6 +150,26 @@ async def measure_service(
     return rows
 
 
+async def measure_lone_call(
+    procs: Processes, tokenizer_json: Path, workload: corpus.Workload, seconds: float
+) -> dict[str, float]:
+    """Concurrency 1, paired with Triton direct on the tiny model: the latency the front-end itself adds."""
+    assert procs.front is not None and procs.triton is not None
+    direct = TritonDirect(procs.triton.grpc_url, tokenizer_json, workload)
+    service = Service(procs.front.target, workload)
+    try:
+        await paired_c1(direct, service, min(2.0, seconds))  # warm-up
+        d, s, paired_ms = await paired_c1(direct, service, seconds)
+    finally:
+        await asyncio.gather(direct.close(), service.close())
+    return {
+        "direct_p50_ms": d.percentile_ms(50),
+        "service_p50_ms": s.percentile_ms(50),
+        "service_over_direct_ms": paired_ms,
+        "pairs": d.calls,
+    }
+
+
 def tokenizer_cpu_ms_per_text(tokenizer_json: Path, workload: corpus.Workload, rounds: int = 20) -> float:
     """CPU ms per text of the model's tokenizer alone (`encode_batch`, 32 texts a call, in this process): what
     any front-end in Python pays per text before gRPC, batching or Triton, the floor for CPU per text."""
@@ -170,7 +196,9 @@ def add_floor(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell]) -> 
         row["ratio_to_floor"] = row["frontend_cpu_ms_per_call"] / f.cpu_ms_per_call if f else float("nan")
 
 
-def table(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell], tokenizer_ms: float) -> str:
+def table(
+    rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell], tokenizer_ms: float, lone: dict[str, float]
+) -> str:
     lines = [
         "| workers | path | concurrency | calls/s | texts/s | p50 ms | p99 ms | front-end CPU ms/call | CPU ms/text "
         "| floor CPU ms/call | x floor | client CPU ms/call |",
@@ -193,7 +221,15 @@ def table(rows: list[dict[str, Any]], floor: list[grpc_floor.FloorCell], tokeniz
             f"| {f.texts_per_call} | {f.concurrency} | {f.calls_per_s:.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} "
             f"| {f.cpu_ms_per_call:.3f} |"
         )
-    lines += ["", f"Tokenizer alone (encode_batch, {BATCH} texts a call): {tokenizer_ms:.3f} CPU ms per text."]
+    lines += [
+        "",
+        f"Tokenizer alone (encode_batch, {BATCH} texts a call): {tokenizer_ms:.3f} CPU ms per text.",
+        "",
+        f"Lone call (concurrency 1, paired medians over {lone['pairs']:.0f} pairs): the service adds "
+        f"{lone['service_over_direct_ms']:+.2f} ms to Triton direct (p50 {lone['service_p50_ms']:.2f} against "
+        f"{lone['direct_p50_ms']:.2f} ms); one no-op grpc.aio hop adds {lone['floor_hop_ms']:+.2f} ms after the "
+        f"same {lone['floor_gap_ms']:.1f} ms idle.",
+    ]
     return "\n".join(lines)
 
 
@@ -211,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1], help="front-end worker processes, one set of rows each (1)"
     )
+    parser.add_argument("--lone-s", type=float, default=None, help="paired concurrency-1 window (20; --quick 8)")
     parser.add_argument("--out", type=Path, default=RESULTS / "frontend.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -218,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = args.concurrency or ([1, 16] if args.quick else [1, 16, 64])
     seconds = args.seconds or (5.0 if args.quick else 10.0)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
+    lone_s = args.lone_s or (8.0 if args.quick else 20.0)
+    floor_calls = 300 if args.quick else 1000
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-frontend-") as tmp:
         root = Path(tmp)
@@ -237,11 +276,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows += asyncio.run(
                     measure_service(procs, workload, concurrencies, args.stream_window, warmup, seconds, workers)
                 )
+                if n == 0:
+                    log.info("lone call, paired with Triton direct, %.0f s", lone_s)
+                    lone = asyncio.run(measure_lone_call(procs, tokenizer_json, workload, lone_s))
     floor_cells = sorted({(t, c) for t in (1, BATCH) for c in concurrencies} | {(1, args.stream_window)})
     log.info("floor: %d cells", len(floor_cells))
     floor = grpc_floor.floor_cpu(floor_cells, warmup, seconds)
     add_floor(rows, floor)
-    print(table(rows, floor, tokenizer_ms))
+    # The front-end idles while Triton computes, and a thread woken after idling answers later.
+    lone["floor_gap_ms"] = lone["direct_p50_ms"]
+    lone["floor_hop_ms"] = grpc_floor.floor_hop(floor_calls, lone["floor_gap_ms"] / 1000).hop_ms
+    print(table(rows, floor, tokenizer_ms, lone))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -252,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": rows,
                 "floor": [f.as_dict() for f in floor],
                 "tokenizer_cpu_ms_per_text": tokenizer_ms,
+                "lone_call": lone,
             },
             indent=2,
         )

@@ -74,7 +74,7 @@ timeout 420 "$PY" bench/run.py --quick --dtype fp16 --serve-arg=--batch-overhead
 # The front-end's CPU per call and per text with one worker and with one per core
 # (a tiny model: what the front-end can push when the GPU is not the limit).
 cores=$(nproc)
-timeout 150 "$PY" bench/frontend.py --quick --concurrency 64 --seconds 3 --workers 1 "$cores" \
+timeout 150 "$PY" bench/frontend.py --quick --concurrency 64 --seconds 3 --lone-s 4 --workers 1 "$cores" \
   --out bench/results/gpu/frontend.json || echo "gpu_check: bench/frontend.py did not finish" >&2
 if [[ -n "${OUT:-}" ]]; then
   cp bench/results/gpu/latest.md bench/results/gpu/latest.json bench/results/gpu/latest.png \

@@ -29,6 +29,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,6 +39,8 @@ from load import closed_loop
 from machine import process_cpu_s
 from sentiment.v1 import sentiment_pb2 as pb
 from sentiment.v1 import sentiment_pb2_grpc as pb_grpc
+
+TEXT = "I've been waiting for a HuggingFace course my whole life."
 
 
 class Echo(pb_grpc.SentimentServiceServicer):
@@ -73,9 +77,26 @@ def start(upstream: str | None) -> tuple[subprocess.Popen[str], str]:
     return process, match.group(1)
 
 
-async def measure(direct: str, proxied: str, calls: int, gap_s: float) -> None:
-    request = pb.ClassifyRequest(texts=["I've been waiting for a HuggingFace course my whole life."])
-    stubs = [pb_grpc.SentimentServiceStub(grpc.aio.insecure_channel(t)) for t in (direct, proxied)]  # type: ignore[no-untyped-call]
+@dataclass(frozen=True)
+class Hop:
+    """Concurrency 1, alternating: the echo server called directly and through the proxy."""
+
+    direct_p50_ms: float
+    proxied_p50_ms: float
+    hop_ms: float  # median of the paired differences
+    calls: int
+
+    def __str__(self) -> str:
+        return (
+            f"direct p50 {self.direct_p50_ms:.3f} ms, through a no-op grpc.aio proxy p50 {self.proxied_p50_ms:.3f} "
+            f"ms: the hop costs {self.hop_ms:.3f} ms (median of {self.calls} paired differences)"
+        )
+
+
+async def measure(direct: str, proxied: str, calls: int, gap_s: float) -> Hop:
+    request = pb.ClassifyRequest(texts=[TEXT])
+    channels = [grpc.aio.insecure_channel(t) for t in (direct, proxied)]
+    stubs = [pb_grpc.SentimentServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
     times: list[list[float]] = [[], []]
     for index in range(calls + 200):  # the first 200 warm up
         for who in (0, 1) if index % 2 == 0 else (1, 0):
@@ -85,13 +106,11 @@ async def measure(direct: str, proxied: str, calls: int, gap_s: float) -> None:
             await stubs[who].Classify(request)
             if index >= 200:
                 times[who].append(time.perf_counter() - started)
+    await asyncio.gather(*(c.close() for c in channels))
     diffs = sorted(b - a for a, b in zip(*times, strict=True))
-    print(f"direct p50 {1000 * statistics.median(times[0]):.3f} ms, through a no-op grpc.aio proxy p50 "
-          f"{1000 * statistics.median(times[1]):.3f} ms: the hop costs {1000 * diffs[len(diffs) // 2]:.3f} ms "
-          f"(median of {calls} paired differences)")  # fmt: skip
-
-
-TEXT = "I've been waiting for a HuggingFace course my whole life."
+    return Hop(
+        1000 * statistics.median(times[0]), 1000 * statistics.median(times[1]), 1000 * diffs[len(diffs) // 2], calls
+    )
 
 
 @dataclass
@@ -163,16 +182,16 @@ async def _measure_cpu(
     return results
 
 
-def floor_cpu(cells: list[tuple[int, int]], warmup_s: float, measure_s: float) -> list[FloorCell]:
-    """Start echo + proxy, measure each (texts per call, concurrency) cell, stop both by pid."""
+@contextmanager
+def echo_and_proxy() -> Iterator[tuple[str, str, dict[str, list[int]]]]:
+    """(echo target, proxy target, pids by role) of an echo server and a proxy in front; both stopped by pid."""
     processes: list[subprocess.Popen[str]] = []
     try:
         echo, echo_target = start(None)
         processes.append(echo)
         proxy, proxy_target = start(echo_target)
         processes.append(proxy)
-        pids = {"proxy": [proxy.pid], "echo": [echo.pid], "client": [os.getpid()]}
-        return asyncio.run(_measure_cpu(proxy_target, pids, cells, warmup_s, measure_s))
+        yield echo_target, proxy_target, {"proxy": [proxy.pid], "echo": [echo.pid], "client": [os.getpid()]}
     finally:
         for process in processes:
             if process.poll() is None:
@@ -182,6 +201,18 @@ def floor_cpu(cells: list[tuple[int, int]], warmup_s: float, measure_s: float) -
                 except subprocess.TimeoutExpired:
                     os.kill(process.pid, signal.SIGKILL)
                     process.wait()
+
+
+def floor_cpu(cells: list[tuple[int, int]], warmup_s: float, measure_s: float) -> list[FloorCell]:
+    """Measure the proxy's CPU in each (texts per call, concurrency) cell."""
+    with echo_and_proxy() as (_, proxy_target, pids):
+        return asyncio.run(_measure_cpu(proxy_target, pids, cells, warmup_s, measure_s))
+
+
+def floor_hop(calls: int, gap_s: float) -> Hop:
+    """The latency one grpc.aio hop adds at concurrency 1, `gap_s` idle before each call."""
+    with echo_and_proxy() as (echo_target, proxy_target, _):
+        return asyncio.run(measure(echo_target, proxy_target, calls, gap_s))
 
 
 def main() -> int:
@@ -205,16 +236,7 @@ def main() -> int:
             print(f"texts {cell.texts_per_call} concurrency {cell.concurrency}: {cell.calls_per_s:.0f} calls/s, "
                   f"p50 {cell.p50_ms:.2f} ms, p99 {cell.p99_ms:.2f} ms, proxy CPU {cell.cpu_ms_per_call:.3f} ms/call")  # fmt: skip
         return 0
-    echo, echo_target = start(None)
-    processes = [echo]
-    try:
-        proxy, proxy_target = start(echo_target)
-        processes.append(proxy)
-        asyncio.run(measure(echo_target, proxy_target, args.calls, args.gap_ms / 1000))
-    finally:
-        for process in processes:
-            os.kill(process.pid, signal.SIGTERM)
-            process.wait()
+    print(floor_hop(args.calls, args.gap_ms / 1000))
     return 0
 
 
