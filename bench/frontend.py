@@ -270,15 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         # The tiny model stands in for an accelerator: the planner learns what its passes cost.
         serve_args = ["--batch-overhead-tokens", "auto"]
         with Processes(repository, root / "logs", serve_args=["--workers", str(args.workers[0]), *serve_args]) as procs:
+            log.info("lone call, paired with Triton direct, %.0f s", lone_s)
+            lone = asyncio.run(measure_lone_call(procs, tokenizer_json, workload, lone_s))
             for n, workers in enumerate(args.workers):
                 if n > 0:
                     procs.start_front_end(["--workers", str(workers), *serve_args])
                 rows += asyncio.run(
                     measure_service(procs, workload, concurrencies, args.stream_window, warmup, seconds, workers)
                 )
-                if n == 0:
-                    log.info("lone call, paired with Triton direct, %.0f s", lone_s)
-                    lone = asyncio.run(measure_lone_call(procs, tokenizer_json, workload, lone_s))
     floor_cells = sorted({(t, c) for t in (1, BATCH) for c in concurrencies} | {(1, args.stream_window)})
     log.info("floor: %d cells", len(floor_cells))
     floor = grpc_floor.floor_cpu(floor_cells, warmup, seconds)
